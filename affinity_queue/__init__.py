@@ -1,0 +1,53 @@
+"""affinity-queue: a Redis task queue for FastAPI with forced affinity scheduling."""
+
+from .core import AffinityQueue
+from .errors import (
+    AffinityQueueError,
+    DataLostError,
+    InvalidTaskError,
+    JobNotActiveError,
+    LeaseLostError,
+    LifecycleError,
+    NotLeaderError,
+    PayloadTooLargeError,
+    QueueUnavailableError,
+    ScriptError,
+    UnknownQueueError,
+)
+from .models import Job, JobContext, JobError, JobStatus, LeaderInfo, QueueStats, Task, WorkerState
+from .queue import QueueService
+from .scheduler import Scheduler
+from .settings import QueueSettings, Role, TagConcurrency
+from .worker import WorkerService
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AffinityQueue",
+    "AffinityQueueError",
+    "DataLostError",
+    "InvalidTaskError",
+    "Job",
+    "JobContext",
+    "JobError",
+    "JobNotActiveError",
+    "JobStatus",
+    "LeaderInfo",
+    "LeaseLostError",
+    "LifecycleError",
+    "NotLeaderError",
+    "PayloadTooLargeError",
+    "QueueService",
+    "QueueSettings",
+    "QueueStats",
+    "QueueUnavailableError",
+    "Role",
+    "Scheduler",
+    "ScriptError",
+    "Task",
+    "TagConcurrency",
+    "UnknownQueueError",
+    "WorkerService",
+    "WorkerState",
+    "__version__",
+]

@@ -1,0 +1,177 @@
+"""AffinityQueue: owns the Redis clients and the named queues, and their start and stop."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from enum import Enum
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from .errors import LifecycleError, UnknownQueueError
+from .lua import Scripts
+from .queue import QueueService
+from .scheduler import Scheduler
+from .settings import QueueSettings
+from .worker import WAIT_CAP_S, WorkerService
+
+log = logging.getLogger("affinity_queue")
+
+DEFAULT_QUEUE = "default"
+HandlerT = TypeVar("HandlerT", bound=Callable[..., Any])
+
+
+class _State(Enum):
+    CREATED = "created"
+    STARTED = "started"
+    CLOSED = "closed"
+
+
+def connect(url: str) -> tuple[Redis, Redis]:
+    """A client for commands and one for blocking waits (its socket timeout outlasts them).
+
+    Automatic retries are off: a command retried after its reply was lost could run twice.
+    Our loops retry where that is safe, and producers get the error.
+    """
+    common: dict[str, Any] = {
+        "decode_responses": True,
+        "socket_connect_timeout": 2,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    return (
+        Redis.from_url(url, socket_timeout=5, **common),
+        Redis.from_url(url, socket_timeout=WAIT_CAP_S + 5, **common),
+    )
+
+
+@dataclass(slots=True)
+class _Queue:
+    settings: QueueSettings
+    redis: Redis
+    blocking: Redis
+    service: QueueService
+    worker: WorkerService
+    scheduler: Scheduler
+
+    @classmethod
+    def build(cls, name: str, settings: QueueSettings) -> _Queue:
+        redis, blocking = connect(settings.resolved_redis_url)
+        scripts = Scripts(redis, settings.keys, name)
+        return cls(
+            settings,
+            redis,
+            blocking,
+            QueueService(name, settings, redis, scripts),
+            WorkerService(name, settings, redis, blocking, scripts),
+            Scheduler(name, settings, redis, blocking, scripts),
+        )
+
+
+class AffinityQueue:
+    """The entry point: ``AffinityQueue(QueueSettings())``, then ``async with`` or a lifespan.
+
+    Named queues (the original's ``forFeature``) are declared with ``queues={"name": settings}``;
+    each has its own settings, key names, scheduler and workers. Which parts run in this process
+    follows each queue's ``APP_ROLE``.
+    """
+
+    def __init__(
+        self,
+        settings: QueueSettings | None = None,
+        *,
+        queues: Mapping[str, QueueSettings] | None = None,
+    ) -> None:
+        declared = {DEFAULT_QUEUE: settings or QueueSettings(), **(queues or {})}
+        self._queues = {name: _Queue.build(name, s) for name, s in declared.items()}
+        self._state = _State.CREATED
+
+    # -- access -----------------------------------------------------------------------------
+    @property
+    def names(self) -> list[str]:
+        return list(self._queues)
+
+    def _get(self, name: str) -> _Queue:
+        try:
+            return self._queues[name]
+        except KeyError:
+            raise UnknownQueueError(name, self.names) from None
+
+    def queue(self, name: str = DEFAULT_QUEUE) -> QueueService:
+        return self._get(name).service
+
+    def worker(self, name: str = DEFAULT_QUEUE) -> WorkerService:
+        return self._get(name).worker
+
+    def scheduler(self, name: str = DEFAULT_QUEUE) -> Scheduler:
+        return self._get(name).scheduler
+
+    def settings(self, name: str = DEFAULT_QUEUE) -> QueueSettings:
+        return self._get(name).settings
+
+    def handler(self, type: str, *, queue: str = DEFAULT_QUEUE) -> Callable[[HandlerT], HandlerT]:
+        """Register the decorated function as the handler of ``type`` on ``queue``."""
+        return self.worker(queue).handler(type)
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._state is not _State.CREATED:
+            raise LifecycleError(f"AffinityQueue.start(): already {self._state.value}")
+        self._state = _State.STARTED
+        for name, q in self._queues.items():
+            role = q.settings.app_role
+            log.info(
+                "queue %s: role %s, Redis %s, %d worker(s)",
+                name,
+                role.value,
+                _redacted(q.settings.resolved_redis_url),
+                q.settings.worker_count if role.works else 0,
+            )
+            if role.schedules:
+                await q.scheduler.start()
+            if role.works:
+                await q.worker.start()
+
+    async def aclose(self) -> None:
+        """Graceful stop: workers finish (within the grace period) and hand back; leaders resign."""
+        if self._state is _State.CLOSED:
+            return
+        was_started = self._state is _State.STARTED
+        self._state = _State.CLOSED
+        for q in self._queues.values():
+            if was_started:
+                await q.worker.stop()
+                await q.scheduler.stop()
+            await q.redis.aclose()
+            await q.blocking.aclose()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    @asynccontextmanager
+    async def lifespan(self, app: Any = None) -> AsyncIterator[dict[str, Any]]:
+        """An ASGI lifespan: ``FastAPI(lifespan=aq.lifespan)``. Yields ``{"affinity_queue": self}``
+        as lifespan state, which the FastAPI dependencies read from ``request.state``."""
+        async with self:
+            yield {"affinity_queue": self}
+
+
+def _redacted(url: str) -> str:
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"

@@ -1,0 +1,103 @@
+"""Exceptions raised by affinity-queue.
+
+::
+
+    AffinityQueueError
+    ├── InvalidTaskError           (also a ValueError) a task was rejected; nothing was written
+    │   └── PayloadTooLargeError   its payload is over MAX_PAYLOAD_BYTES
+    ├── QueueUnavailableError      Redis could not be reached; retry later
+    ├── UnknownQueueError          (also a KeyError) no queue of that name is declared
+    ├── LifecycleError             a service was used before start() or after aclose()
+    └── ScriptError                a script answered with a code this library does not expect
+        ├── LeaseLostError         this worker's lease expired; its jobs went elsewhere
+        ├── NotLeaderError         this node's term ended; it must not act for the leader
+        ├── JobNotActiveError      a worker tried to finish a job that is not its active one
+        └── DataLostError          Redis lost the queue's data (restart without persistence)
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class AffinityQueueError(Exception):
+    """Base of every error this library raises."""
+
+
+class InvalidTaskError(AffinityQueueError, ValueError):
+    """A task failed validation; the message names the field and what is accepted."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class PayloadTooLargeError(InvalidTaskError):
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"payload is {size} bytes as JSON; MAX_PAYLOAD_BYTES allows {limit}",
+            field="payload",
+        )
+        self.size = size
+        self.limit = limit
+
+
+class QueueUnavailableError(AffinityQueueError):
+    """Redis could not be reached; nothing was written. Retry, or report 503."""
+
+    def __init__(self, queue: str, cause: BaseException) -> None:
+        super().__init__(f"queue {queue!r}: Redis is unavailable ({cause})")
+        self.queue = queue
+
+
+class UnknownQueueError(AffinityQueueError, KeyError):
+    def __init__(self, name: str, declared: list[str]) -> None:
+        super().__init__(f"no queue named {name!r}; declared queues: {', '.join(declared)}")
+        self.name = name
+        self.declared = declared
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class LifecycleError(AffinityQueueError):
+    """A service was used outside its started lifetime."""
+
+
+class ScriptError(AffinityQueueError):
+    """A script returned a code this library does not expect."""
+
+
+class LeaseLostError(ScriptError):
+    def __init__(self, worker_id: str) -> None:
+        super().__init__(f"worker {worker_id}: lease lost; its jobs were handed to other workers")
+        self.worker_id = worker_id
+
+
+class NotLeaderError(ScriptError):
+    def __init__(self) -> None:
+        super().__init__("this node's leadership term has ended")
+
+
+class JobNotActiveError(ScriptError):
+    def __init__(self, worker_id: str) -> None:
+        super().__init__(f"worker {worker_id}: the job it finished is not its active job")
+        self.worker_id = worker_id
+
+
+class DataLostError(ScriptError):
+    def __init__(self, queue: str) -> None:
+        super().__init__(
+            f"queue {queue!r}: Redis lost this queue's data (restarted without persistence?); "
+            "jobs accepted before the loss are gone. Enable AOF (appendonly yes) in production."
+        )
+        self.queue = queue
+
+
+class ScriptCode(IntEnum):
+    """Negative codes the scripts return (see lua/_shared.lua)."""
+
+    LEASE_LOST = -1
+    NOT_LEADER = -2
+    NOT_ACTIVE = -3
+    DATA_LOST = -4

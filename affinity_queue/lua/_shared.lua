@@ -1,0 +1,146 @@
+--[[
+  Shared prelude: the loader prepends this file to every script, so the rules that several
+  operations apply (when a tag is ready, how a worker gives back its jobs) exist once.
+
+  KEYS (the same table for every script, built by affinity_queue/keys.py QueueKeys.script_keys):
+    KEYS[1]  job prefix        .. job id     -> hash: type tag tid payload status worker attempts
+                                                created started finished result error
+    KEYS[2]  tag prefix        .. tag id     -> list: pending job ids of the tag, oldest first
+    KEYS[3]  bound prefix      .. tag id     -> zset: workers bound to the tag, score = batch taken
+    KEYS[4]  worker queue pfx  .. worker id  -> list: job ids assigned to the worker, in order
+    KEYS[5]  worker state pfx  .. worker id  -> hash: status tid tag batch active host pid since
+    KEYS[6]  worker wake pfx   .. worker id  -> list: pushed when the idle worker gets bound
+    KEYS[7]  seq       string: last job id
+    KEYS[8]  counts    hash: pending assigned active completed failed
+    KEYS[9]  ready:bound  zset: tag ids with pending jobs and a bound worker with room, score = head id
+    KEYS[10] ready:new    zset: tag ids with pending jobs that may bind one more worker, score = head id
+    KEYS[11] idle      zset: idle worker ids, score = when they became idle (ms)
+    KEYS[12] workers   zset: live worker ids, score = lease expiry (Redis time, ms)
+    KEYS[13] wake      list: non-empty when the scheduler has placement work
+    KEYS[14] config    hash: max_batch concurrency (written by the leader)
+    KEYS[15] limits    hash: tag id -> concurrency limit
+    KEYS[16] leader    hash: token fence node host pid since heartbeat (expires with the lease)
+    KEYS[17] fence     string: last fencing number handed out
+    KEYS[18] election  list: pushed when a leader steps down
+    KEYS[19] epoch     string: id of this data set
+
+  Time is read from Redis (TIME) rather than passed in: leases are compared across hosts, and one
+  clock is what makes that comparison sound.
+]]
+local rcall = redis.call
+local K_JOB, K_TAG, K_BOUND, K_WQ, K_WS, K_WAKEW = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local K_SEQ, K_COUNTS, K_READY_BOUND, K_READY_NEW = KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local K_IDLE, K_WORKERS, K_WAKE, K_CONFIG, K_LIMITS = KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15]
+local K_LEADER, K_FENCE, K_ELECTION, K_EPOCH = KEYS[16], KEYS[17], KEYS[18], KEYS[19]
+
+local ERR_LEASE_LOST = -1
+local ERR_NOT_LEADER = -2
+local ERR_NOT_ACTIVE = -3
+local ERR_DATA_LOST = -4
+
+local function now_ms()
+  local t = rcall('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function int(n)
+  return string.format('%d', n)
+end
+
+local function load_config()
+  local c = rcall('HMGET', K_CONFIG, 'max_batch', 'concurrency')
+  return { max_batch = tonumber(c[1]) or 10, limit = tonumber(c[2]) or 1 }
+end
+
+local function tag_limit(tid, cfg)
+  return tonumber(rcall('HGET', K_LIMITS, tid)) or cfg.limit
+end
+
+-- The bound worker of `tid` with the smallest batch, if it has room: (worker, batch) or nil.
+local function worker_with_room(tid, cfg)
+  local least = rcall('ZRANGE', K_BOUND .. tid, 0, 0, 'WITHSCORES')
+  if least[1] and tonumber(least[2]) < cfg.max_batch then
+    return least[1], tonumber(least[2])
+  end
+  return nil
+end
+
+-- File the tag under the ready set that matches its state (or none). Every change to a tag's
+-- pending list or bound workers ends with this call; dispatch relies on it to never scan.
+local function refresh_tag(tid, cfg)
+  local head = rcall('LINDEX', K_TAG .. tid, 0)
+  local into = nil
+  if head then
+    if worker_with_room(tid, cfg) then
+      into = K_READY_BOUND
+    elseif rcall('ZCARD', K_BOUND .. tid) < tag_limit(tid, cfg) then
+      into = K_READY_NEW
+    end
+  end
+  for _, set in ipairs({ K_READY_BOUND, K_READY_NEW }) do
+    if set == into then rcall('ZADD', set, head, tid) else rcall('ZREM', set, tid) end
+  end
+end
+
+local function wake_scheduler_if_work()
+  if rcall('ZCARD', K_READY_BOUND) > 0
+      or (rcall('ZCARD', K_READY_NEW) > 0 and rcall('ZCARD', K_IDLE) > 0) then
+    if rcall('LLEN', K_WAKE) == 0 then rcall('RPUSH', K_WAKE, '1') end
+  end
+end
+
+-- Unbind a running worker from its tag and make it idle (its queue is empty).
+local function release(w, cfg)
+  local state = K_WS .. w
+  local s = rcall('HMGET', state, 'status', 'tid')
+  if s[1] ~= 'running' then return end
+  rcall('ZREM', K_BOUND .. s[2], w)
+  rcall('HSET', state, 'status', 'idle', 'tid', '', 'tag', '', 'batch', 0)
+  rcall('ZADD', K_IDLE, now_ms(), w)
+  refresh_tag(s[2], cfg)
+  wake_scheduler_if_work()
+end
+
+-- Put a worker's active job and queued jobs back at the front of their tags, in their original
+-- order, and delete every trace of the worker. Used for graceful stops and for dead workers.
+local function hand_back(w, cfg)
+  local state = K_WS .. w
+  local active = rcall('HGET', state, 'active')
+  local ids = rcall('LRANGE', K_WQ .. w, 0, -1)
+  local n_assigned = #ids
+  local n_active = 0
+  if active and active ~= '' then
+    table.insert(ids, 1, active)
+    n_active = 1
+  end
+  local tids = {}
+  for i = #ids, 1, -1 do
+    local job = K_JOB .. ids[i]
+    local tid = rcall('HGET', job, 'tid')
+    if tid then
+      rcall('LPUSH', K_TAG .. tid, ids[i])
+      rcall('HSET', job, 'status', 'pending', 'worker', '')
+      tids[tid] = true
+    end
+  end
+  local bound = rcall('HGET', state, 'tid')
+  if bound and bound ~= '' then
+    rcall('ZREM', K_BOUND .. bound, w)
+    tids[bound] = true
+  end
+  rcall('HINCRBY', K_COUNTS, 'assigned', int(-n_assigned))
+  rcall('HINCRBY', K_COUNTS, 'active', int(-n_active))
+  rcall('HINCRBY', K_COUNTS, 'pending', n_assigned + n_active)
+  rcall('DEL', state, K_WQ .. w, K_WAKEW .. w)
+  rcall('ZREM', K_WORKERS, w)
+  rcall('ZREM', K_IDLE, w)
+  for tid in pairs(tids) do refresh_tag(tid, cfg) end
+  wake_scheduler_if_work()
+  return n_assigned + n_active
+end
+
+local function is_leader(fence)
+  return rcall('HGET', K_LEADER, 'fence') == fence
+end
+
+-- ##### end of shared prelude #####

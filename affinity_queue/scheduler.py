@@ -1,0 +1,213 @@
+"""Scheduler: leader election, event-driven dispatch and maintenance for one queue.
+
+Every SCHEDULER/BOTH process runs one; exactly one leads at a time. Leadership is a lease
+(``elect``/``renew``/``resign`` scripts). Each term has a fencing number that the shared-state
+scripts (``dispatch``, ``reap``) check, so a paused or partitioned ex-leader changes nothing. The
+leader also stops by its own monotonic clock before its lease could have expired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from typing import TypeVar
+
+from redis.asyncio import Redis
+
+from .errors import NotLeaderError
+from .keys import tag_id
+from .lua import Scripts
+from .retry import RedisTrouble, resilient
+from .settings import QueueSettings
+from .worker import WAIT_CAP_S
+
+log = logging.getLogger("affinity_queue.scheduler")
+T = TypeVar("T")
+
+DISPATCH_BUDGET = 1000
+"""Jobs placed per dispatch call: bounds how long one script holds Redis."""
+REAP_BATCH = 100
+LEASE_SAFETY = 0.8
+"""A leader acts only within this fraction of its lease, measured from when it asked to renew."""
+
+
+class Scheduler:
+    def __init__(
+        self,
+        name: str,
+        settings: QueueSettings,
+        redis: Redis,
+        blocking_redis: Redis,
+        scripts: Scripts,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self._redis = redis
+        self._blocking = blocking_redis
+        self._scripts = scripts
+        self._keys = settings.keys
+        self.node_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+        self._token = secrets.token_hex(16)
+        self._fence = 0
+        self._valid_until = 0.0  # monotonic deadline of the current term
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self.became_leader = asyncio.Event()
+
+    @property
+    def is_leader(self) -> bool:
+        return self._fence != 0 and time.monotonic() < self._valid_until
+
+    @property
+    def fence(self) -> int:
+        return self._fence
+
+    async def start(self) -> None:
+        self._stopping = False
+        self._task = asyncio.create_task(self._run(), name=f"aq-scheduler-{self.name}")
+
+    async def stop(self) -> None:
+        """Stop scheduling; a leader resigns so a standby takes over at once."""
+        self._stopping = True
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        if self._fence:
+            with suppress(*RedisTrouble):
+                await self._scripts.resign(self._token)
+            self._fence = 0
+
+    # -- election ---------------------------------------------------------------------------
+    async def _run(self) -> None:
+        s = self.settings
+        standby_wait_s = min(s.heartbeat_interval_ms / 1000, WAIT_CAP_S)
+        while not self._stopping:
+            asked_at = time.monotonic()
+            fence = await resilient(
+                lambda: self._scripts.elect(
+                    self._token,
+                    s.election_lock_ttl_ms,
+                    self.node_id,
+                    socket.gethostname(),
+                    os.getpid(),
+                    s.max_batch_size,
+                    s.identify_tag_concurrency.default,
+                    _tag_id_limits(s),
+                ),
+                what=f"queue {self.name}: election",
+                log=log,
+            )
+            if not fence:
+                await resilient(
+                    lambda: self._blocking.blpop([self._keys.election], timeout=standby_wait_s),
+                    what=f"queue {self.name}: standby",
+                    log=log,
+                )
+                continue
+            self._fence = fence
+            self._valid_until = asked_at + s.election_lock_ttl_ms / 1000 * LEASE_SAFETY
+            log.info("queue %s: node %s leads (fence %d)", self.name, self.node_id, fence)
+            self.became_leader.set()
+            try:
+                await self._lead()
+            except NotLeaderError:
+                log.warning("queue %s: node %s lost the leadership", self.name, self.node_id)
+            finally:
+                self._fence = 0
+                self.became_leader.clear()
+
+    async def _lead(self) -> None:
+        renewing = asyncio.create_task(self._renew_loop())
+        try:
+            await self._recover()  # startup recovery comes before the first placement
+            await self._dispatch_loop()
+        finally:
+            renewing.cancel()
+            await asyncio.gather(renewing, return_exceptions=True)
+
+    async def _renew_loop(self) -> None:
+        s = self.settings
+        while True:
+            await asyncio.sleep(s.heartbeat_interval_ms / 1000)
+            asked_at = time.monotonic()
+            try:
+                renewed = await self._scripts.renew(self._token, s.election_lock_ttl_ms)
+            except RedisTrouble:
+                continue  # the monotonic deadline ends the term if this lasts
+            if not renewed:
+                self._valid_until = 0.0
+                return
+            self._valid_until = asked_at + s.election_lock_ttl_ms / 1000 * LEASE_SAFETY
+
+    def _check_term(self) -> None:
+        if not self.is_leader:
+            raise NotLeaderError()
+
+    # -- dispatch and maintenance -----------------------------------------------------------
+    async def _dispatch_loop(self) -> None:
+        s = self.settings
+        interval_s = min(s.scheduler_interval_ms / 1000, WAIT_CAP_S)
+        maintenance_every_s = s.heartbeat_interval_ms / 1000
+        next_maintenance = time.monotonic() + maintenance_every_s
+        while not self._stopping:
+            self._check_term()
+            _, more = await self._leader_call(
+                lambda: self._scripts.dispatch(self._fence, DISPATCH_BUDGET), "dispatch"
+            )
+            if more:
+                continue
+            if time.monotonic() >= next_maintenance:
+                await self._recover()
+                next_maintenance = time.monotonic() + maintenance_every_s
+            await self._leader_call(
+                lambda: self._blocking.blpop([self._keys.wake], timeout=interval_s), "wait"
+            )
+
+    async def _recover(self) -> None:
+        """Hand back the jobs of workers whose lease expired, and of orphaned worker keys."""
+        self._check_term()
+        orphans = await self._leader_call(self._scan_orphans, "scan")
+        while True:
+            workers, jobs = await self._leader_call(
+                lambda: self._scripts.reap(self._fence, REAP_BATCH, orphans), "reap"
+            )
+            if workers:
+                log.warning(
+                    "queue %s: recovered %d dead worker(s), %d job(s) back to their tags",
+                    self.name,
+                    workers,
+                    jobs,
+                )
+            orphans = []
+            if workers < REAP_BATCH:
+                return
+
+    async def _scan_orphans(self) -> list[str]:
+        """Worker ids that have keys but no lease: leftovers the index cannot find."""
+        k = self._keys
+        found: set[str] = set()
+        for pattern in k.scan_patterns:
+            async for key in self._redis.scan_iter(match=pattern, count=1000):
+                found.add(key.rsplit(":", 1)[-1])  # worker ids contain no ':'
+        if not found:
+            return []
+        ids = sorted(found)
+        scores = await self._redis.zmscore(k.workers, ids)
+        return [wid for wid, score in zip(ids, scores, strict=True) if score is None]
+
+    async def _leader_call(self, call: Callable[[], Awaitable[T]], what: str) -> T:
+        """Retry through Redis outages, but give up once the term may have expired."""
+        return await resilient(
+            call, what=f"queue {self.name}: {what}", log=log, check=self._check_term
+        )
+
+
+def _tag_id_limits(settings: QueueSettings) -> dict[str, int]:
+    return {tag_id(tag): limit for tag, limit in settings.identify_tag_concurrency.limits.items()}

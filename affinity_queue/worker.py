@@ -1,0 +1,282 @@
+"""WorkerService: handlers and the worker loops of one queue in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import os
+import secrets
+import socket
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar
+
+from redis.asyncio import Redis
+
+from .errors import DataLostError, JobNotActiveError, LeaseLostError
+from .lua import RawJob, Scripts
+from .models import JobContext
+from .queue import dumps
+from .retry import RedisTrouble, resilient
+from .settings import QueueSettings
+
+log = logging.getLogger("affinity_queue.worker")
+
+HandlerT = TypeVar("HandlerT", bound=Callable[..., Any])
+
+WAIT_CAP_S = 5.0
+"""Longest single blocking wait: the client's socket timeout must exceed it."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Handler:
+    fn: Callable[..., Any]
+    is_async: bool
+    wants_context: bool
+
+    @classmethod
+    def of(cls, fn: Callable[..., Any]) -> _Handler:
+        params = [
+            p
+            for p in inspect.signature(fn).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+        ]
+        if not params:
+            raise TypeError(f"handler {fn!r} must accept the payload as its first parameter")
+        wants_context = len(params) >= 2 or params[0].kind is inspect.Parameter.VAR_POSITIONAL
+        return cls(fn, inspect.iscoroutinefunction(fn), wants_context)
+
+
+def _error_json(exc: BaseException | None, *, type_: str = "", message: str = "") -> str:
+    if exc is None:
+        return dumps({"type": type_, "message": message, "traceback": ""})
+    return dumps(
+        {
+            "type": type(exc).__name__,
+            "message": str(exc),
+            "traceback": "".join(traceback.format_exception(exc)),
+        }
+    )
+
+
+def _new_worker_id(slot: int) -> str:
+    host = "".join(c if c.isalnum() or c in "._-" else "-" for c in socket.gethostname())[:40]
+    return f"{host}-{os.getpid()}-{secrets.token_hex(4)}-{slot}"
+
+
+class WorkerService:
+    """Runs ``WORKER_COUNT`` logical workers; each runs its own jobs one at a time, in order."""
+
+    def __init__(
+        self,
+        name: str,
+        settings: QueueSettings,
+        redis: Redis,
+        blocking_redis: Redis,
+        scripts: Scripts,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self._redis = redis
+        self._blocking = blocking_redis
+        self._scripts = scripts
+        self._keys = settings.keys
+        self._handlers: dict[str, _Handler] = {}
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._worker_ids: dict[int, str] = {}
+        self._epoch = ""
+        self._executor: ThreadPoolExecutor | None = None
+
+    # -- handlers ---------------------------------------------------------------------------
+    def register_handler(self, type: str, fn: Callable[..., Any]) -> None:
+        """Run ``fn(payload)`` or ``fn(payload, context)`` for jobs of ``type``.
+
+        Async handlers are awaited; sync ones run in a thread so they never block the loop.
+        """
+        if not type:
+            raise ValueError("handler type must be a non-empty string")
+        self._handlers[type] = _Handler.of(fn)
+
+    def handler(self, type: str) -> Callable[[HandlerT], HandlerT]:
+        """Decorator form of :meth:`register_handler`."""
+
+        def decorate(fn: HandlerT) -> HandlerT:
+            self.register_handler(type, fn)
+            return fn
+
+        return decorate
+
+    @property
+    def handler_types(self) -> list[str]:
+        return sorted(self._handlers)
+
+    @property
+    def worker_ids(self) -> list[str]:
+        return list(self._worker_ids.values())
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._stopping = False
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.settings.worker_count, thread_name_prefix=f"aq-{self.name}"
+        )
+        self._tasks = [
+            asyncio.create_task(self._run_slot(slot), name=f"aq-worker-{self.name}-{slot}")
+            for slot in range(self.settings.worker_count)
+        ]
+        self._tasks.append(asyncio.create_task(self._heartbeats(), name=f"aq-hb-{self.name}"))
+
+    async def stop(self) -> None:
+        """Graceful: take nothing new, let running jobs finish within the grace period (then
+        cancel them), hand every queued job back to the front of its tag, release the tags."""
+        if not self._tasks:
+            return
+        self._stopping = True
+        slots, heartbeat = self._tasks[:-1], self._tasks[-1]
+        # Idle workers wait on their wake lists; a token brings them back at once.
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for wid in self._worker_ids.values():
+                    pipe.rpush(self._keys.worker_wake(wid), "stop")
+                await pipe.execute()
+        except RedisTrouble:
+            pass
+        grace_s = self.settings.shutdown_grace_period_ms / 1000
+        _, late = await asyncio.wait(slots, timeout=grace_s)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+        heartbeat.cancel()
+        await asyncio.gather(heartbeat, return_exceptions=True)
+        for wid in list(self._worker_ids.values()):
+            try:
+                await self._scripts.deregister(wid)
+            except (LeaseLostError, *RedisTrouble):
+                pass  # already recovered by the leader, or Redis is gone: the lease expires
+        self._worker_ids.clear()
+        self._tasks = []
+        if self._executor:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- the loops --------------------------------------------------------------------------
+    async def _run_slot(self, slot: int) -> None:
+        while not self._stopping:
+            wid = _new_worker_id(slot)
+            epoch = await resilient(
+                lambda: self._scripts.register(
+                    wid,
+                    self.settings.heartbeat_timeout_ms,
+                    socket.gethostname(),
+                    os.getpid(),
+                    secrets.token_hex(8),
+                ),
+                what=f"worker {wid}: register",
+                log=log,
+            )
+            if self._epoch and epoch != self._epoch:
+                log.error("%s", DataLostError(self.name))
+            self._epoch = epoch
+            self._worker_ids[slot] = wid
+            try:
+                await self._work(wid)
+            except LeaseLostError:
+                log.warning("worker %s lost its lease; re-registering under a new id", wid)
+                self._worker_ids.pop(slot, None)
+                continue
+            return
+
+    async def _work(self, wid: str) -> None:
+        """Run jobs until stopping. Finishing one and taking the next is one ``advance`` call."""
+        job = await self._advance(wid, None, "", "")
+        wake_key = self._keys.worker_wake(wid)
+        wait_s = min(self.settings.heartbeat_interval_ms / 1000, WAIT_CAP_S)
+        while True:
+            if job is None:
+                if self._stopping:
+                    return
+                await resilient(
+                    lambda: self._blocking.blpop([wake_key], timeout=wait_s),
+                    what=f"worker {wid}: wait",
+                    log=log,
+                )
+                if self._stopping:
+                    return
+                job = await self._advance(wid, None, "", "")
+                continue
+            outcome, data = await self._execute(wid, job)
+            job = await self._advance(wid, job, outcome, data)
+
+    async def _advance(self, wid: str, done: RawJob | None, outcome: str, data: str) -> RawJob | None:
+        finished = done.id if done else ""
+        take_next = not self._stopping
+
+        async def call() -> RawJob | None:
+            nonlocal finished
+            try:
+                return await self._scripts.advance(wid, finished, outcome, data, take_next)
+            except JobNotActiveError:
+                # Only after a retry: the first attempt landed but its reply was lost.
+                finished = ""
+                return await self._scripts.advance(wid, finished, outcome, data, take_next)
+
+        return await resilient(call, what=f"worker {wid}: advance", log=log)
+
+    async def _execute(self, wid: str, job: RawJob) -> tuple[str, str]:
+        handler = self._handlers.get(job.type)
+        if handler is None:
+            return "failed", _error_json(
+                None,
+                type_="UnknownTaskType",
+                message=f"no handler registered for type {job.type!r} in queue {self.name!r}; "
+                f"registered: {', '.join(self.handler_types) or 'none'}",
+            )
+        args: tuple[Any, ...] = (json.loads(job.payload),)
+        if handler.wants_context:
+            args += (
+                JobContext(
+                    job_id=job.id,
+                    identify_tag=job.identify_tag,
+                    worker_id=wid,
+                    attempt=job.attempts,
+                    queue=self.name,
+                ),
+            )
+        try:
+            if handler.is_async:
+                result = await handler.fn(*args)
+            else:
+                loop = asyncio.get_running_loop()
+                result = await loop.run_in_executor(self._executor, partial(handler.fn, *args))
+            return "completed", dumps(result)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a handler's failure is the job's outcome, not the worker's
+            return "failed", _error_json(exc)
+
+    async def _heartbeats(self) -> None:
+        interval_s = self.settings.heartbeat_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval_s)
+            ids = list(self._worker_ids.values())
+            if not ids:
+                continue
+            try:
+                lost = await self._scripts.heartbeat(
+                    self._epoch, self.settings.heartbeat_timeout_ms, ids
+                )
+            except DataLostError:
+                lost = ids  # they re-register; the first to do so reports the loss
+            except RedisTrouble:
+                continue  # resilient() in the worker loops reports the outage
+            for wid in lost:
+                # Wake it if it waits, so it learns of the lost lease now, not at its next job.
+                try:
+                    await self._redis.rpush(self._keys.worker_wake(wid), "lost")
+                except RedisTrouble:
+                    pass
