@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -75,18 +75,23 @@ class QueueService:
     async def get_job(self, job_id: str) -> Job | None:
         if not job_id.isdigit():
             return None
-        fields = await self._guard(self._redis.hgetall(self._keys.job(job_id)))
+        fields: dict[str, str] = await self._guard(
+            self._redis.hgetall(self._keys.job(job_id))  # type: ignore[arg-type]
+        )
         return Job.from_redis(job_id, fields) if fields else None
 
     async def get_queue_stats(self) -> QueueStats:
         """Counts by status, every live worker's state and queue length, and the leader."""
         keys = self._keys
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(keys.counts).zrange(keys.workers, 0, -1).hgetall(keys.leader)
+            pipe.hgetall(keys.counts)
+            pipe.zrange(keys.workers, 0, -1)
+            pipe.hgetall(keys.leader)
             counts, worker_ids, leader = await self._guard(pipe.execute())
         async with self._redis.pipeline(transaction=False) as pipe:
             for wid in worker_ids:
-                pipe.hgetall(keys.worker_state(wid)).llen(keys.worker_queue(wid))
+                pipe.hgetall(keys.worker_state(wid))
+                pipe.llen(keys.worker_queue(wid))
             per_worker = await self._guard(pipe.execute()) if worker_ids else []
         workers = [
             WorkerState.from_redis(wid, per_worker[2 * i], per_worker[2 * i + 1])
@@ -122,4 +127,3 @@ class QueueService:
             return await call
         except (RedisConnectionError, RedisTimeoutError, OSError) as e:
             raise QueueUnavailableError(self.name, e) from e
-

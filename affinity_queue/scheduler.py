@@ -16,6 +16,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
+from functools import partial
 from typing import TypeVar
 
 from redis.asyncio import Redis
@@ -175,9 +176,8 @@ class Scheduler:
         self._check_term()
         orphans = await self._leader_call(self._scan_orphans, "scan")
         while True:
-            workers, jobs = await self._leader_call(
-                lambda: self._scripts.reap(self._fence, REAP_BATCH, orphans), "reap"
-            )
+            reap = partial(self._scripts.reap, self._fence, REAP_BATCH, orphans)
+            workers, jobs = await self._leader_call(reap, "reap")
             if workers:
                 log.warning(
                     "queue %s: recovered %d dead worker(s), %d job(s) back to their tags",

@@ -58,7 +58,9 @@ class QueueSettings(BaseSettings):
 
     redis_url: str | None = Field(None, validation_alias=_env("REDIS_URL", python_name="redis_url"))
     """Overrides REDIS_HOST/PORT/PASSWORD/DB. ``memory://`` runs on an in-process store."""
-    redis_host: str = Field("localhost", validation_alias=_env("REDIS_HOST", python_name="redis_host"))
+    redis_host: str = Field(
+        "localhost", validation_alias=_env("REDIS_HOST", python_name="redis_host")
+    )
     redis_port: int = Field(
         6379, ge=1, le=65535, validation_alias=_env("REDIS_PORT", python_name="redis_port")
     )
@@ -93,7 +95,9 @@ class QueueSettings(BaseSettings):
     )
     app_role: Role = Field(Role.BOTH, validation_alias=_env("APP_ROLE", python_name="app_role"))
     election_lock_ttl_ms: int = Field(
-        30_000, ge=100, validation_alias=_env("ELECTION_LOCK_TTL", python_name="election_lock_ttl_ms")
+        30_000,
+        ge=100,
+        validation_alias=_env("ELECTION_LOCK_TTL", python_name="election_lock_ttl_ms"),
     )
     heartbeat_interval_ms: int = Field(
         10_000,
@@ -151,7 +155,9 @@ class QueueSettings(BaseSettings):
 
     @property
     def keys(self) -> QueueKeys:
-        return QueueKeys(self.pending_queue_name, self.worker_queue_prefix, self.worker_state_prefix)
+        return QueueKeys(
+            self.pending_queue_name, self.worker_queue_prefix, self.worker_state_prefix
+        )
 
     @property
     def resolved_redis_url(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import logging
@@ -157,7 +158,7 @@ class WorkerService:
         for wid in list(self._worker_ids.values()):
             try:
                 await self._scripts.deregister(wid)
-            except (LeaseLostError, *RedisTrouble):
+            except (LeaseLostError, *RedisTrouble):  # type: ignore[misc]
                 pass  # already recovered by the leader, or Redis is gone: the lease expires
         self._worker_ids.clear()
         self._tasks = []
@@ -167,22 +168,7 @@ class WorkerService:
     # -- the loops --------------------------------------------------------------------------
     async def _run_slot(self, slot: int) -> None:
         while not self._stopping:
-            wid = _new_worker_id(slot)
-            epoch = await resilient(
-                lambda: self._scripts.register(
-                    wid,
-                    self.settings.heartbeat_timeout_ms,
-                    socket.gethostname(),
-                    os.getpid(),
-                    secrets.token_hex(8),
-                ),
-                what=f"worker {wid}: register",
-                log=log,
-            )
-            if self._epoch and epoch != self._epoch:
-                log.error("%s", DataLostError(self.name))
-            self._epoch = epoch
-            self._worker_ids[slot] = wid
+            wid = await self._register(slot)
             try:
                 await self._work(wid)
             except LeaseLostError:
@@ -190,6 +176,24 @@ class WorkerService:
                 self._worker_ids.pop(slot, None)
                 continue
             return
+
+    async def _register(self, slot: int) -> str:
+        """Register a fresh worker id; a changed epoch means Redis lost the queue's data."""
+        wid = _new_worker_id(slot)
+        register = partial(
+            self._scripts.register,
+            wid,
+            self.settings.heartbeat_timeout_ms,
+            socket.gethostname(),
+            os.getpid(),
+            secrets.token_hex(8),
+        )
+        epoch = await resilient(register, what=f"worker {wid}: register", log=log)
+        if self._epoch and epoch != self._epoch:
+            log.error("%s", DataLostError(self.name))
+        self._epoch = epoch
+        self._worker_ids[slot] = wid
+        return wid
 
     async def _work(self, wid: str) -> None:
         """Run jobs until stopping. Finishing one and taking the next is one ``advance`` call."""
@@ -212,7 +216,9 @@ class WorkerService:
             outcome, data = await self._execute(wid, job)
             job = await self._advance(wid, job, outcome, data)
 
-    async def _advance(self, wid: str, done: RawJob | None, outcome: str, data: str) -> RawJob | None:
+    async def _advance(
+        self, wid: str, done: RawJob | None, outcome: str, data: str
+    ) -> RawJob | None:
         finished = done.id if done else ""
         take_next = not self._stopping
 
@@ -276,7 +282,5 @@ class WorkerService:
                 continue  # resilient() in the worker loops reports the outage
             for wid in lost:
                 # Wake it if it waits, so it learns of the lost lease now, not at its next job.
-                try:
+                with contextlib.suppress(*RedisTrouble):
                     await self._redis.rpush(self._keys.worker_wake(wid), "lost")
-                except RedisTrouble:
-                    pass

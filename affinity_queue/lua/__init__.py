@@ -100,7 +100,13 @@ class Scripts:
         self, worker_id: str, finished: str, outcome: str, outcome_json: str, take_next: bool
     ) -> RawJob | None:
         result = await self._call(
-            "advance", worker_id, finished, outcome, outcome_json, int(take_next), worker_id=worker_id
+            "advance",
+            worker_id,
+            finished,
+            outcome,
+            outcome_json,
+            int(take_next),
+            worker_id=worker_id,
         )
         if result == 0:
             return None
@@ -135,9 +141,7 @@ class Scripts:
         """Returns the new term's fencing number, or 0 when another node leads."""
         flat = [str(x) for pair in limits.items() for x in pair]
         return int(
-            await self._call(
-                "elect", token, ttl_ms, node, host, pid, max_batch, concurrency, *flat
-            )
+            await self._call("elect", token, ttl_ms, node, host, pid, max_batch, concurrency, *flat)
         )
 
     async def renew(self, token: str, ttl_ms: int) -> bool:
