@@ -120,6 +120,11 @@ class Scheduler:
                 await self._lead()
             except NotLeaderError:
                 log.warning("queue %s: node %s lost the leadership", self.name, self.node_id)
+            except Exception:
+                log.exception("queue %s: scheduler failed; resigning", self.name)
+                with suppress(*RedisTrouble):
+                    await self._scripts.resign(self._token)
+                await asyncio.sleep(1)
             finally:
                 self._fence = 0
                 self.became_leader.clear()

@@ -171,11 +171,17 @@ class WorkerService:
             wid = await self._register(slot)
             try:
                 await self._work(wid)
+                return
             except LeaseLostError:
                 log.warning("worker %s lost its lease; re-registering under a new id", wid)
-                self._worker_ids.pop(slot, None)
-                continue
-            return
+            except Exception:
+                # A bug must not leave a registered worker that heartbeats but never works:
+                # hand its jobs back and start over under a new id.
+                log.exception("worker %s failed; handing its jobs back", wid)
+                with contextlib.suppress(LeaseLostError, *RedisTrouble):
+                    await self._scripts.deregister(wid)
+                await asyncio.sleep(1)
+            self._worker_ids.pop(slot, None)
 
     async def _register(self, slot: int) -> str:
         """Register a fresh worker id; a changed epoch means Redis lost the queue's data."""
@@ -204,14 +210,15 @@ class WorkerService:
             if job is None:
                 if self._stopping:
                     return
-                await resilient(
+                woken = await resilient(
                     lambda: self._blocking.blpop([wake_key], timeout=wait_s),
                     what=f"worker {wid}: wait",
                     log=log,
                 )
                 if self._stopping:
                     return
-                job = await self._advance(wid, None, "", "")
+                if woken:  # the scheduler bound this worker (binding and token are atomic)
+                    job = await self._advance(wid, None, "", "")
                 continue
             outcome, data = await self._execute(wid, job)
             job = await self._advance(wid, job, outcome, data)

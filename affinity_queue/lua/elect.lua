@@ -15,8 +15,10 @@
   ARGV[6]  MAX_BATCH_SIZE, ARGV[7] default per-tag concurrency
   ARGV[8..] pairs of (tag id, concurrency limit)
   Returns: the new fencing number; 0 when another candidate holds the lease.
+  A candidate that still holds the lease (its own term lapsed by its clock) starts a new term.
 ]]
-if rcall('EXISTS', K_LEADER) == 1 then return 0 end
+local holder = rcall('HGET', K_LEADER, 'token')
+if holder and holder ~= ARGV[1] then return 0 end
 local now = now_ms()
 local fence = math.max((tonumber(rcall('GET', K_FENCE)) or 0) + 1, now)
 rcall('SET', K_FENCE, int(fence))
