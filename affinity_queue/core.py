@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -39,6 +40,8 @@ def connect(url: str) -> tuple[Redis, Redis]:
     Automatic retries are off: a command retried after its reply was lost could run twice.
     Our loops retry where that is safe, and producers get the error.
     """
+    if url.startswith(MEMORY_SCHEME):
+        return _connect_memory(url)
     common: dict[str, Any] = {
         "decode_responses": True,
         "socket_connect_timeout": 2,
@@ -47,6 +50,39 @@ def connect(url: str) -> tuple[Redis, Redis]:
     return (
         Redis.from_url(url, socket_timeout=5, **common),
         Redis.from_url(url, socket_timeout=WAIT_CAP_S + 5, **common),
+    )
+
+
+MEMORY_SCHEME = "memory://"
+_MEMORY_EXTRA = (
+    "REDIS_URL={url} (embedded mode) needs the 'memory' extra: pip install 'affinity-queue[memory]'"
+)
+_memory_servers: dict[str, Any] = {}
+"""One in-process store per ``memory://`` URL, shared by every client of this process (as one
+Redis server would be), so a push by one client wakes another's blocking wait."""
+
+
+def _connect_memory(url: str) -> tuple[Redis, Redis]:
+    """Embedded mode: clients of an in-process fakeredis store that runs our Lua scripts."""
+    try:
+        from fakeredis import FakeServer
+        from fakeredis.aioredis import FakeRedis
+    except ImportError as e:
+        raise ImportError(_MEMORY_EXTRA.format(url=url)) from e
+    if importlib.util.find_spec("lupa") is None:  # fakeredis runs Lua scripts through lupa
+        raise ImportError(_MEMORY_EXTRA.format(url=url))
+    server = _memory_servers.get(url)
+    if server is None:
+        server = _memory_servers[url] = FakeServer(version=(7,))
+        log.warning(
+            "REDIS_URL=%s: embedded mode. Queues live in this process's memory (fakeredis): "
+            "other processes cannot see them and every job is lost when it exits. "
+            "For development and demos only; set REDIS_URL=redis://... in production.",
+            url,
+        )
+    return (
+        FakeRedis(server=server, version=(7,), decode_responses=True),
+        FakeRedis(server=server, version=(7,), decode_responses=True),
     )
 
 

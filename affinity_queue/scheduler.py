@@ -34,6 +34,10 @@ T = TypeVar("T")
 DISPATCH_BUDGET = 1000
 """Jobs placed per dispatch call: bounds how long one script holds Redis."""
 REAP_BATCH = 100
+SWEEP_EVERY_TIMEOUTS = 10
+"""The SCAN sweep for orphaned worker keys walks the whole keyspace, so it runs when a term
+starts and then once per this many HEARTBEAT_TIMEOUTs; expired leases are reaped far more often,
+through their index."""
 LEASE_SAFETY = 0.8
 """A leader acts only within this fraction of its lease, measured from when it asked to renew."""
 
@@ -132,7 +136,7 @@ class Scheduler:
     async def _lead(self) -> None:
         renewing = asyncio.create_task(self._renew_loop())
         try:
-            await self._recover()  # startup recovery comes before the first placement
+            await self._recover(sweep=True)  # startup recovery comes before the first placement
             await self._dispatch_loop()
         finally:
             renewing.cancel()
@@ -160,26 +164,33 @@ class Scheduler:
     async def _dispatch_loop(self) -> None:
         s = self.settings
         interval_s = min(s.scheduler_interval_ms / 1000, WAIT_CAP_S)
-        maintenance_every_s = s.heartbeat_interval_ms / 1000
-        next_maintenance = time.monotonic() + maintenance_every_s
+        reap_every_s = s.heartbeat_interval_ms / 1000
+        sweep_every_s = SWEEP_EVERY_TIMEOUTS * s.heartbeat_timeout_ms / 1000
+        next_reap = time.monotonic() + reap_every_s
+        next_sweep = time.monotonic() + sweep_every_s
         while not self._stopping:
-            self._check_term()
+            # Maintenance first: under a backlog that never ends, dispatch always has more.
+            now = time.monotonic()
+            if now >= next_reap:
+                sweep = now >= next_sweep
+                await self._recover(sweep=sweep)
+                next_reap = now + reap_every_s
+                if sweep:
+                    next_sweep = now + sweep_every_s
             _, more = await self._leader_call(
                 lambda: self._scripts.dispatch(self._fence, DISPATCH_BUDGET), "dispatch"
             )
             if more:
                 continue
-            if time.monotonic() >= next_maintenance:
-                await self._recover()
-                next_maintenance = time.monotonic() + maintenance_every_s
             await self._leader_call(
                 lambda: self._blocking.blpop([self._keys.wake], timeout=interval_s), "wait"
             )
 
-    async def _recover(self) -> None:
-        """Hand back the jobs of workers whose lease expired, and of orphaned worker keys."""
+    async def _recover(self, *, sweep: bool) -> None:
+        """Hand back the jobs of workers whose lease expired (found through the lease index)
+        and, when ``sweep``, of orphaned worker keys found by SCAN."""
         self._check_term()
-        orphans = await self._leader_call(self._scan_orphans, "scan")
+        orphans = await self._leader_call(self._scan_orphans, "scan") if sweep else []
         while True:
             reap = partial(self._scripts.reap, self._fence, REAP_BATCH, orphans)
             workers, jobs = await self._leader_call(reap, "reap")
