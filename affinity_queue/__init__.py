@@ -14,6 +14,16 @@ from .errors import (
     ScriptError,
     UnknownQueueError,
 )
+from .fastapi import (
+    AffinityQueueDep,
+    QueueServiceDep,
+    WorkerServiceDep,
+    get_affinity_queue,
+    get_queue,
+    get_queue_service,
+    get_worker,
+    get_worker_service,
+)
 from .models import Job, JobContext, JobError, JobStatus, LeaderInfo, QueueStats, Task, WorkerState
 from .queue import QueueService
 from .scheduler import Scheduler
@@ -24,6 +34,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AffinityQueue",
+    "AffinityQueueDep",
     "AffinityQueueError",
     "DataLostError",
     "InvalidTaskError",
@@ -38,6 +49,7 @@ __all__ = [
     "NotLeaderError",
     "PayloadTooLargeError",
     "QueueService",
+    "QueueServiceDep",
     "QueueSettings",
     "QueueStats",
     "QueueUnavailableError",
@@ -48,6 +60,12 @@ __all__ = [
     "Task",
     "UnknownQueueError",
     "WorkerService",
+    "WorkerServiceDep",
     "WorkerState",
     "__version__",
+    "get_affinity_queue",
+    "get_queue",
+    "get_queue_service",
+    "get_worker",
+    "get_worker_service",
 ]

@@ -140,14 +140,11 @@ class WorkerService:
             return
         self._stopping = True
         slots, heartbeat = self._tasks[:-1], self._tasks[-1]
-        # Idle workers wait on their wake lists; a token brings them back at once.
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for wid in self._worker_ids.values():
-                    pipe.rpush(self._keys.worker_wake(wid), "stop")
-                await pipe.execute()
-        except RedisTrouble:
-            pass
+        # Queued jobs go back to their tags now; idle workers get a token so their wait ends.
+        for wid in list(self._worker_ids.values()):
+            with contextlib.suppress(LeaseLostError, *RedisTrouble):
+                await self._scripts.retire(wid)
+                await self._redis.rpush(self._keys.worker_wake(wid), "stop")
         grace_s = self.settings.shutdown_grace_period_ms / 1000
         _, late = await asyncio.wait(slots, timeout=grace_s)
         for task in late:
@@ -156,10 +153,9 @@ class WorkerService:
         heartbeat.cancel()
         await asyncio.gather(heartbeat, return_exceptions=True)
         for wid in list(self._worker_ids.values()):
-            try:
+            # A lost lease means the leader already recovered it; with Redis gone, it expires.
+            with contextlib.suppress(LeaseLostError, *RedisTrouble):
                 await self._scripts.deregister(wid)
-            except (LeaseLostError, *RedisTrouble):  # type: ignore[misc]
-                pass  # already recovered by the leader, or Redis is gone: the lease expires
         self._worker_ids.clear()
         self._tasks = []
         if self._executor:

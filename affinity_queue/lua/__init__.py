@@ -36,6 +36,7 @@ SCRIPT_NAMES = (
     "register",
     "renew",
     "resign",
+    "retire",
 )
 
 
@@ -122,6 +123,9 @@ class Scripts:
 
     async def deregister(self, worker_id: str) -> int:
         return int(await self._call("deregister", worker_id, worker_id=worker_id))
+
+    async def retire(self, worker_id: str) -> int:
+        return int(await self._call("retire", worker_id, worker_id=worker_id))
 
     async def reap(self, fence: int, limit: int, orphans: list[str]) -> tuple[int, int]:
         workers, jobs = await self._call("reap", fence, limit, *orphans)

@@ -101,19 +101,9 @@ local function release(w, cfg)
   wake_scheduler_if_work()
 end
 
--- Put a worker's active job and queued jobs back at the front of their tags, in their original
--- order, and delete every trace of the worker. Used for graceful stops and for dead workers.
-local function hand_back(w, cfg)
-  local state = K_WS .. w
-  local active = rcall('HGET', state, 'active')
-  local ids = rcall('LRANGE', K_WQ .. w, 0, -1)
-  local n_assigned = #ids
-  local n_active = 0
-  if active and active ~= '' then
-    table.insert(ids, 1, active)
-    n_active = 1
-  end
-  local tids = {}
+-- Put jobs back at the front of their tags, keeping the order of `ids`; status pending again.
+-- Adds every tag touched to the set `tids`.
+local function requeue_front(ids, tids)
   for i = #ids, 1, -1 do
     local job = K_JOB .. ids[i]
     local tid = rcall('HGET', job, 'tid')
@@ -123,10 +113,25 @@ local function hand_back(w, cfg)
       tids[tid] = true
     end
   end
-  local bound = rcall('HGET', state, 'tid')
-  if bound and bound ~= '' then
-    rcall('ZREM', K_BOUND .. bound, w)
-    tids[bound] = true
+end
+
+-- Put a worker's active job and queued jobs back at the front of their tags, in their original
+-- order, and delete every trace of the worker. Used for graceful stops and for dead workers.
+local function hand_back(w, cfg)
+  local state = K_WS .. w
+  local s = rcall('HMGET', state, 'active', 'tid')
+  local ids = rcall('LRANGE', K_WQ .. w, 0, -1)
+  local n_assigned = #ids
+  local n_active = 0
+  if s[1] and s[1] ~= '' then
+    table.insert(ids, 1, s[1])
+    n_active = 1
+  end
+  local tids = {}
+  requeue_front(ids, tids)
+  if s[2] and s[2] ~= '' then
+    rcall('ZREM', K_BOUND .. s[2], w)
+    tids[s[2]] = true
   end
   rcall('HINCRBY', K_COUNTS, 'assigned', int(-n_assigned))
   rcall('HINCRBY', K_COUNTS, 'active', int(-n_active))
