@@ -18,6 +18,7 @@ from redis.backoff import NoBackoff
 from .errors import LifecycleError, UnknownQueueError
 from .lua import Scripts
 from .queue import QueueService
+from .retry import Connectivity
 from .scheduler import Scheduler
 from .settings import QueueSettings
 from .worker import WAIT_CAP_S, WorkerService
@@ -99,13 +100,14 @@ class _Queue:
     def build(cls, name: str, settings: QueueSettings) -> _Queue:
         redis, blocking = connect(settings.resolved_redis_url)
         scripts = Scripts(redis, settings.keys, name)
+        net = Connectivity(name, log)
         return cls(
             settings,
             redis,
             blocking,
             QueueService(name, settings, redis, scripts),
-            WorkerService(name, settings, redis, blocking, scripts),
-            Scheduler(name, settings, redis, blocking, scripts),
+            WorkerService(name, settings, redis, blocking, scripts, net),
+            Scheduler(name, settings, redis, blocking, scripts, net),
         )
 
 

@@ -25,32 +25,58 @@ RedisTrouble: tuple[type[BaseException], ...] = (
 BACKOFF_CAP_S = 2.0
 
 
-async def resilient(
-    call: Callable[[], Awaitable[T]],
-    *,
-    what: str,
-    log: logging.Logger,
-    check: Callable[[], None] | None = None,
-) -> T:
-    """Run ``call`` until it succeeds, backing off while Redis is unreachable.
+class Connectivity:
+    """Whether one queue's Redis answers, as the loops of this process see it.
 
-    Logs one warning when the outage starts and one info line when it ends, however many
-    retries happen in between. ``check`` runs before every attempt and may raise to give up.
+    All loops retry through it, so an outage is logged once when the first loop fails and once
+    when the last one gets through again, however many loops and retries there are.
     """
-    delay_s = 0.05
-    failing = False
-    while True:
-        if check:
-            check()
+
+    def __init__(self, queue: str, log: logging.Logger) -> None:
+        self.queue = queue
+        self._log = log
+        self._failing = 0
+
+    @property
+    def healthy(self) -> bool:
+        return self._failing == 0
+
+    async def retry(
+        self,
+        call: Callable[[], Awaitable[T]],
+        *,
+        what: str,
+        check: Callable[[], None] | None = None,
+    ) -> T:
+        """Run ``call`` until it succeeds, backing off while Redis is unreachable.
+
+        ``check`` runs before every attempt and may raise to give up.
+        """
+        delay_s = 0.05
+        failing = succeeded = False
         try:
-            result = await call()
-        except RedisTrouble as e:
-            if not failing:
-                log.warning("%s: Redis unavailable (%s); retrying with backoff", what, e)
-                failing = True
-            await asyncio.sleep(delay_s * (0.5 + random.random()))
-            delay_s = min(delay_s * 2, BACKOFF_CAP_S)
-            continue
-        if failing:
-            log.info("%s: Redis is back", what)
-        return result
+            while True:
+                if check:
+                    check()
+                try:
+                    result = await call()
+                    succeeded = True
+                    return result
+                except RedisTrouble as e:
+                    if not failing:
+                        failing = True
+                        self._failing += 1
+                        if self._failing == 1:
+                            self._log.warning(
+                                "queue %s: Redis unavailable (%s: %s); retrying with backoff",
+                                self.queue,
+                                what,
+                                e,
+                            )
+                    await asyncio.sleep(delay_s * (0.5 + random.random()))
+                    delay_s = min(delay_s * 2, BACKOFF_CAP_S)
+        finally:
+            if failing:
+                self._failing -= 1
+                if self._failing == 0 and succeeded:
+                    self._log.info("queue %s: Redis is reachable again", self.queue)

@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 from .errors import NotLeaderError
 from .keys import tag_id
 from .lua import Scripts
-from .retry import RedisTrouble, resilient
+from .retry import Connectivity, RedisTrouble
 from .settings import QueueSettings
 from .worker import WAIT_CAP_S
 
@@ -50,12 +50,14 @@ class Scheduler:
         redis: Redis,
         blocking_redis: Redis,
         scripts: Scripts,
+        connectivity: Connectivity,
     ) -> None:
         self.name = name
         self.settings = settings
         self._redis = redis
         self._blocking = blocking_redis
         self._scripts = scripts
+        self._net = connectivity
         self._keys = settings.keys
         self.node_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         self._token = secrets.token_hex(16)
@@ -95,7 +97,7 @@ class Scheduler:
         standby_wait_s = min(s.heartbeat_interval_ms / 1000, WAIT_CAP_S)
         while not self._stopping:
             asked_at = time.monotonic()
-            fence = await resilient(
+            fence = await self._net.retry(
                 lambda: self._scripts.elect(
                     self._token,
                     s.election_lock_ttl_ms,
@@ -106,14 +108,12 @@ class Scheduler:
                     s.identify_tag_concurrency.default,
                     _tag_id_limits(s),
                 ),
-                what=f"queue {self.name}: election",
-                log=log,
+                what="election",
             )
             if not fence:
-                await resilient(
+                await self._net.retry(
                     lambda: self._blocking.blpop([self._keys.election], timeout=standby_wait_s),
-                    what=f"queue {self.name}: standby",
-                    log=log,
+                    what="standby",
                 )
                 continue
             self._fence = fence
@@ -220,9 +220,7 @@ class Scheduler:
 
     async def _leader_call(self, call: Callable[[], Awaitable[T]], what: str) -> T:
         """Retry through Redis outages, but give up once the term may have expired."""
-        return await resilient(
-            call, what=f"queue {self.name}: {what}", log=log, check=self._check_term
-        )
+        return await self._net.retry(call, what=what, check=self._check_term)
 
 
 def _tag_id_limits(settings: QueueSettings) -> dict[str, int]:

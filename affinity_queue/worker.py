@@ -23,7 +23,7 @@ from .errors import DataLostError, JobNotActiveError, LeaseLostError
 from .lua import RawJob, Scripts
 from .models import JobContext
 from .queue import dumps
-from .retry import RedisTrouble, resilient
+from .retry import Connectivity, RedisTrouble
 from .settings import QueueSettings
 
 log = logging.getLogger("affinity_queue.worker")
@@ -80,12 +80,14 @@ class WorkerService:
         redis: Redis,
         blocking_redis: Redis,
         scripts: Scripts,
+        connectivity: Connectivity,
     ) -> None:
         self.name = name
         self.settings = settings
         self._redis = redis
         self._blocking = blocking_redis
         self._scripts = scripts
+        self._net = connectivity
         self._keys = settings.keys
         self._handlers: dict[str, _Handler] = {}
         self._stopping = False
@@ -190,7 +192,7 @@ class WorkerService:
             os.getpid(),
             secrets.token_hex(8),
         )
-        epoch = await resilient(register, what=f"worker {wid}: register", log=log)
+        epoch = await self._net.retry(register, what=f"worker {wid}: register")
         if self._epoch and epoch != self._epoch:
             log.error("%s", DataLostError(self.name))
         self._epoch = epoch
@@ -206,10 +208,9 @@ class WorkerService:
             if job is None:
                 if self._stopping:
                     return
-                woken = await resilient(
+                woken = await self._net.retry(
                     lambda: self._blocking.blpop([wake_key], timeout=wait_s),
                     what=f"worker {wid}: wait",
-                    log=log,
                 )
                 if self._stopping:
                     return
@@ -234,7 +235,7 @@ class WorkerService:
                 finished = ""
                 return await self._scripts.advance(wid, finished, outcome, data, take_next)
 
-        return await resilient(call, what=f"worker {wid}: advance", log=log)
+        return await self._net.retry(call, what=f"worker {wid}: advance")
 
     async def _execute(self, wid: str, job: RawJob) -> tuple[str, str]:
         handler = self._handlers.get(job.type)
@@ -282,7 +283,7 @@ class WorkerService:
             except DataLostError:
                 lost = ids  # they re-register; the first to do so reports the loss
             except RedisTrouble:
-                continue  # resilient() in the worker loops reports the outage
+                continue  # the worker loops report the outage
             for wid in lost:
                 # Wake it if it waits, so it learns of the lost lease now, not at its next job.
                 with contextlib.suppress(*RedisTrouble):
