@@ -15,6 +15,11 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+try:
+    from redis.maint_notifications import MaintNotificationsConfig
+except ImportError:  # older redis-py has no such notifications and always checks
+    MaintNotificationsConfig = None  # type: ignore[assignment,misc]
+
 from .errors import LifecycleError, UnknownQueueError
 from .lua import Scripts
 from .queue import QueueService
@@ -35,8 +40,9 @@ class _State(Enum):
     CLOSED = "closed"
 
 
-def connect(url: str) -> tuple[Redis, Redis]:
-    """A client for commands and one for blocking waits (its socket timeout outlasts them).
+def connect(url: str, timeout_s: float = 2.0) -> tuple[Redis, Redis]:
+    """A client for commands (``timeout_s`` each) and one for blocking waits (its socket timeout
+    outlasts them).
 
     Automatic retries are off: a command retried after its reply was lost could run twice.
     Our loops retry where that is safe, and producers get the error.
@@ -48,9 +54,14 @@ def connect(url: str) -> tuple[Redis, Redis]:
         "socket_connect_timeout": 2,
         "retry": Retry(NoBackoff(), 0),
     }
+    if MaintNotificationsConfig is not None:
+        # Recent redis-py skips its check for stale pooled connections while these notifications
+        # are "auto" (the default), so the first command after a Redis restart would fail on a
+        # socket the server closed long ago; with them off, the pool reconnects before sending.
+        common["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
     return (
-        Redis.from_url(url, socket_timeout=5, **common),
-        Redis.from_url(url, socket_timeout=WAIT_CAP_S + 5, **common),
+        Redis.from_url(url, socket_timeout=timeout_s, **common),
+        Redis.from_url(url, socket_timeout=WAIT_CAP_S + timeout_s, **common),
     )
 
 
@@ -98,7 +109,7 @@ class _Queue:
 
     @classmethod
     def build(cls, name: str, settings: QueueSettings) -> _Queue:
-        redis, blocking = connect(settings.resolved_redis_url)
+        redis, blocking = connect(settings.resolved_redis_url, settings.redis_timeout_ms / 1000)
         scripts = Scripts(redis, settings.keys, name)
         net = Connectivity(name, log)
         return cls(
@@ -183,8 +194,10 @@ class AffinityQueue:
         self._state = _State.CLOSED
         for q in self._queues.values():
             if was_started:
-                await q.worker.stop()
+                # Resign first: a successor takes over at once, not after the grace period, and
+                # places the jobs our workers hand back.
                 await q.scheduler.stop()
+                await q.worker.stop()
             await q.redis.aclose()
             await q.blocking.aclose()
 

@@ -5,7 +5,7 @@
     AffinityQueueError
     ├── InvalidTaskError           (also a ValueError) a task was rejected; nothing was written
     │   └── PayloadTooLargeError   its payload is over MAX_PAYLOAD_BYTES
-    ├── QueueUnavailableError      Redis could not be reached; retry later
+    ├── QueueUnavailableError      Redis did not answer; `maybe_written` says if it may have applied it
     ├── UnknownQueueError          (also a KeyError) no queue of that name is declared
     ├── LifecycleError             a service was used before start() or after aclose()
     └── ScriptError                a script answered with a code this library does not expect
@@ -43,10 +43,17 @@ class PayloadTooLargeError(InvalidTaskError):
 
 
 class QueueUnavailableError(AffinityQueueError):
-    """Redis could not be reached; nothing was written. Retry, or report 503."""
+    """Redis could not be reached, or did not answer within REDIS_TIMEOUT. Retry, or report 503.
+
+    ``maybe_written`` is False when no connection could be made (nothing was sent, so nothing was
+    written). It is True when the command was sent and the answer never came (a timeout, a
+    dropped connection): Redis may still have applied it, so a blind retry may add a task twice.
+    """
 
     def __init__(self, queue: str, cause: BaseException) -> None:
-        super().__init__(f"queue {queue!r}: Redis is unavailable ({cause})")
+        self.maybe_written = "connecting" not in str(cause).lower()
+        outcome = "it may have been applied" if self.maybe_written else "nothing was written"
+        super().__init__(f"queue {queue!r}: Redis is unavailable ({cause}); {outcome}")
         self.queue = queue
 
 

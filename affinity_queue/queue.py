@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -22,8 +22,10 @@ TaskLike = Task | Mapping[str, Any]
 T = TypeVar("T")
 
 BULK_CHUNK = 1000
-"""Tasks per script call in ``add_bulk``: large enough to amortise the round trip, small enough
-that one call does not hold Redis for more than a few milliseconds."""
+BULK_CHUNK_BYTES = 1 << 20
+"""A script call in ``add_bulk`` carries at most ``BULK_CHUNK`` tasks and, unless one task alone
+is larger, ``BULK_CHUNK_BYTES`` of payload: enough to amortise the round trip, little enough that
+one call holds Redis for a few milliseconds, not seconds."""
 
 
 def dumps(value: Any) -> str:
@@ -54,8 +56,7 @@ class QueueService:
         """
         validated = [self._validate(t, i) for i, t in enumerate(tasks)]
         jobs: list[Job] = []
-        for start in range(0, len(validated), BULK_CHUNK):
-            chunk = validated[start : start + BULK_CHUNK]
+        for chunk in _chunks(validated):
             entries = [(t.type, t.identify_tag, tag_id(t.identify_tag), p) for t, p in chunk]
             first, now_ms = await self._guard(self._scripts.add(entries))
             created = datetime.fromtimestamp(now_ms / 1000, UTC)
@@ -127,3 +128,16 @@ class QueueService:
             return await call
         except (RedisConnectionError, RedisTimeoutError, OSError) as e:
             raise QueueUnavailableError(self.name, e) from e
+
+
+def _chunks(tasks: list[tuple[Task, str]]) -> Iterator[list[tuple[Task, str]]]:
+    chunk: list[tuple[Task, str]] = []
+    size = 0
+    for task, payload in tasks:
+        if chunk and (len(chunk) == BULK_CHUNK or size + len(payload) > BULK_CHUNK_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append((task, payload))
+        size += len(payload)
+    if chunk:
+        yield chunk

@@ -86,10 +86,11 @@ class Scheduler:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        if self._fence:
-            with suppress(*RedisTrouble):
-                await self._scripts.resign(self._token)
-            self._fence = 0
+        # Not `if self._fence`: cancelling the term's task already reset it to 0. Resigning is
+        # compare-and-delete on our token, so it does nothing when this node does not lead.
+        with suppress(*RedisTrouble):
+            await self._scripts.resign(self._token)
+        self._fence = 0
 
     # -- election ---------------------------------------------------------------------------
     async def _run(self) -> None:

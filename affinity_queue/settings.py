@@ -5,7 +5,16 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Self
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    Field,
+    ModelWrapValidatorHandler,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .keys import NAME_PATTERN, QueueKeys
@@ -68,6 +77,11 @@ class QueueSettings(BaseSettings):
         None, validation_alias=_env("REDIS_PASSWORD", python_name="redis_password")
     )
     redis_db: int = Field(0, ge=0, validation_alias=_env("REDIS_DB", python_name="redis_db"))
+    redis_timeout_ms: int = Field(
+        2000, ge=50, validation_alias=_env("REDIS_TIMEOUT", python_name="redis_timeout_ms")
+    )
+    """How long one command may take before it fails (a producer then gets
+    QueueUnavailableError). Blocking waits get this on top of their own timeout."""
 
     pending_queue_name: Name = Field(
         "pending-tasks",
@@ -152,6 +166,21 @@ class QueueSettings(BaseSettings):
                 f"(got {self.heartbeat_interval_ms} >= {self.heartbeat_timeout_ms} ms)"
             )
         return self
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _errors_name_variables(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        # An error names the environment variable (MAX_BATCH_SIZE), however the value was given:
+        # keyword arguments would otherwise be reported under the Python name (max_batch_size).
+        try:
+            return handler(data)
+        except ValidationError as e:
+            errors = e.errors()
+            for err in errors:
+                field = cls.model_fields.get(str(err["loc"][0])) if err["loc"] else None
+                if field is not None and isinstance(field.validation_alias, AliasChoices):
+                    err["loc"] = (str(field.validation_alias.choices[0]), *err["loc"][1:])
+            raise ValidationError.from_exception_data(e.title, errors) from None  # type: ignore[arg-type]
 
     @property
     def keys(self) -> QueueKeys:

@@ -231,7 +231,8 @@ class WorkerService:
             try:
                 return await self._scripts.advance(wid, finished, outcome, data, take_next)
             except JobNotActiveError:
-                # Only after a retry: the first attempt landed but its reply was lost.
+                # Only after a retry: the first attempt landed but its reply was lost. Asking
+                # again without finishing returns the job that attempt started, if any.
                 finished = ""
                 return await self._scripts.advance(wid, finished, outcome, data, take_next)
 
@@ -263,11 +264,19 @@ class WorkerService:
             else:
                 loop = asyncio.get_running_loop()
                 result = await loop.run_in_executor(self._executor, partial(handler.fn, *args))
-            return "completed", dumps(result)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a handler's failure is the job's outcome, not the worker's
             return "failed", _error_json(exc)
+        try:
+            return "completed", dumps(result)
+        except (TypeError, ValueError) as exc:
+            return "failed", _error_json(
+                None,
+                type_=type(exc).__name__,
+                message=f"the handler of {job.type!r} returned a result that is not "
+                f"JSON-serialisable: {exc}",
+            )
 
     async def _heartbeats(self) -> None:
         interval_s = self.settings.heartbeat_interval_ms / 1000

@@ -102,8 +102,10 @@ local function release(w, cfg)
 end
 
 -- Put jobs back at the front of their tags, keeping the order of `ids`; status pending again.
--- Adds every tag touched to the set `tids`.
+-- Adds every tag touched to the set `tids`; returns how many jobs went back (an id whose job
+-- record is gone is dropped).
 local function requeue_front(ids, tids)
+  local n = 0
   for i = #ids, 1, -1 do
     local job = K_JOB .. ids[i]
     local tid = rcall('HGET', job, 'tid')
@@ -111,8 +113,10 @@ local function requeue_front(ids, tids)
       rcall('LPUSH', K_TAG .. tid, ids[i])
       rcall('HSET', job, 'status', 'pending', 'worker', '')
       tids[tid] = true
+      n = n + 1
     end
   end
+  return n
 end
 
 -- Put a worker's active job and queued jobs back at the front of their tags, in their original
@@ -128,20 +132,20 @@ local function hand_back(w, cfg)
     n_active = 1
   end
   local tids = {}
-  requeue_front(ids, tids)
+  local n_back = requeue_front(ids, tids)
   if s[2] and s[2] ~= '' then
     rcall('ZREM', K_BOUND .. s[2], w)
     tids[s[2]] = true
   end
   rcall('HINCRBY', K_COUNTS, 'assigned', int(-n_assigned))
   rcall('HINCRBY', K_COUNTS, 'active', int(-n_active))
-  rcall('HINCRBY', K_COUNTS, 'pending', n_assigned + n_active)
+  rcall('HINCRBY', K_COUNTS, 'pending', n_back)
   rcall('DEL', state, K_WQ .. w, K_WAKEW .. w)
   rcall('ZREM', K_WORKERS, w)
   rcall('ZREM', K_IDLE, w)
   for tid in pairs(tids) do refresh_tag(tid, cfg) end
   wake_scheduler_if_work()
-  return n_assigned + n_active
+  return n_back
 end
 
 local function is_leader(fence)

@@ -14,6 +14,8 @@
   ARGV[3]  outcome of that job: 'completed' | 'failed'
   ARGV[4]  result (JSON text) when completed, error (JSON text) when failed
   ARGV[5]  '1' to start the next job, '0' when the worker is stopping
+  Idempotent under a lost reply: a retry of a call that already started a job gets that job again.
+
   Returns: {id, type, identify_tag, payload, attempts} of the job now active; 0 when none;
            ERR_LEASE_LOST (-1) when the worker's lease is gone (its jobs were handed elsewhere);
            ERR_NOT_ACTIVE (-3) when the job to finish is not this worker's active job.
@@ -31,6 +33,13 @@ if finished ~= '' then
   rcall('HINCRBY', K_COUNTS, ARGV[3], 1)
 end
 if ARGV[5] ~= '1' then return 0 end
+-- Still active here means a retry whose first call started this job and lost its reply (the
+-- worker only asks for a job when it has none): deliver it again rather than strand it.
+local current = rcall('HGET', state, 'active')
+if current and current ~= '' then
+  local c = rcall('HMGET', K_JOB .. current, 'type', 'tag', 'payload', 'attempts')
+  return { current, c[1], c[2], c[3], tonumber(c[4]) }
+end
 local id = rcall('LPOP', K_WQ .. w)
 if not id then
   release(w, load_config())

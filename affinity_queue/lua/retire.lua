@@ -16,9 +16,9 @@ local cfg = load_config()
 local ids = rcall('LRANGE', K_WQ .. w, 0, -1)
 rcall('DEL', K_WQ .. w)
 local tids = {}
-requeue_front(ids, tids)
+local n_back = requeue_front(ids, tids)
 rcall('HINCRBY', K_COUNTS, 'assigned', int(-#ids))
-rcall('HINCRBY', K_COUNTS, 'pending', #ids)
+rcall('HINCRBY', K_COUNTS, 'pending', n_back)
 rcall('ZREM', K_IDLE, w)
 local tid = rcall('HGET', K_WS .. w, 'tid')
 if tid and tid ~= '' then
@@ -27,4 +27,4 @@ if tid and tid ~= '' then
 end
 for t in pairs(tids) do refresh_tag(t, cfg) end
 wake_scheduler_if_work()
-return #ids
+return n_back

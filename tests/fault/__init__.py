@@ -1,0 +1,1 @@
+"""Multi-process fault tests: real processes, real signals, a private redis-server each."""
