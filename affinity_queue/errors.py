@@ -5,9 +5,9 @@
     AffinityQueueError
     ├── InvalidTaskError           (also a ValueError) a task was rejected; nothing was written
     │   └── PayloadTooLargeError   its payload is over MAX_PAYLOAD_BYTES
-    ├── QueueUnavailableError      Redis did not answer; `maybe_written` says if it may have applied it
+    ├── QueueUnavailableError      Redis did not answer (`maybe_written`: it may still apply it)
     ├── UnknownQueueError          (also a KeyError) no queue of that name is declared
-    ├── LifecycleError             a service was used before start() or after aclose()
+    ├── LifecycleError             start() twice, or a service used after aclose()
     └── ScriptError                a script answered with a code this library does not expect
         ├── LeaseLostError         this worker's lease expired; its jobs went elsewhere
         ├── NotLeaderError         this node's term ended; it must not act for the leader
@@ -33,13 +33,14 @@ class InvalidTaskError(AffinityQueueError, ValueError):
 
 
 class PayloadTooLargeError(InvalidTaskError):
-    def __init__(self, size: int, limit: int) -> None:
+    def __init__(self, size: int, limit: int, index: int = 0) -> None:
         super().__init__(
-            f"payload is {size} bytes as JSON; MAX_PAYLOAD_BYTES allows {limit}",
+            f"task #{index}: payload is {size} bytes as JSON; MAX_PAYLOAD_BYTES allows {limit}",
             field="payload",
         )
         self.size = size
         self.limit = limit
+        self.index = index
 
 
 class QueueUnavailableError(AffinityQueueError):

@@ -133,6 +133,12 @@ class QueueKeys:
         return f"{self.base}:epoch"
 
     @property
+    def turns(self) -> str:
+        """Tag id -> the job sequence number at which the tag last gave up a worker with work
+        left: it ranks behind every job added before then (see refresh_tag)."""
+        return f"{self.base}:turns"
+
+    @property
     def script_keys(self) -> tuple[str, ...]:
         """``KEYS`` for every script, in the order ``lua/_shared.lua`` unpacks them."""
         return (
@@ -155,6 +161,7 @@ class QueueKeys:
             self.fence,
             self.election,
             self.epoch,
+            self.turns,
         )
 
     def job(self, job_id: str) -> str:

@@ -12,7 +12,12 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .errors import InvalidTaskError, PayloadTooLargeError, QueueUnavailableError
+from .errors import (
+    InvalidTaskError,
+    LifecycleError,
+    PayloadTooLargeError,
+    QueueUnavailableError,
+)
 from .keys import tag_id
 from .lua import Scripts
 from .models import Job, JobStatus, LeaderInfo, QueueStats, Task, WorkerState
@@ -42,6 +47,18 @@ class QueueService:
         self._redis = redis
         self._scripts = scripts
         self._keys = settings.keys
+        self._closed = False
+
+    def close(self) -> None:
+        """Called by ``AffinityQueue.aclose()``: later calls raise instead of reconnecting."""
+        self._closed = True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LifecycleError(
+                f"queue {self.name!r}: the AffinityQueue was closed; "
+                "use the service only between start() and aclose() (or inside the lifespan)"
+            )
 
     async def add(self, task: TaskLike) -> Job:
         """Accept one task. Raises :class:`InvalidTaskError` (nothing written) on bad input."""
@@ -54,6 +71,7 @@ class QueueService:
         Every task is validated before anything is written. Each chunk is all-or-nothing; if Redis
         fails midway, the chunks before it are accepted and :class:`QueueUnavailableError` says so.
         """
+        self._check_open()
         validated = [self._validate(t, i) for i, t in enumerate(tasks)]
         jobs: list[Job] = []
         for chunk in _chunks(validated):
@@ -74,6 +92,7 @@ class QueueService:
         return jobs
 
     async def get_job(self, job_id: str) -> Job | None:
+        self._check_open()
         if not job_id.isdigit():
             return None
         fields: dict[str, str] = await self._guard(
@@ -83,6 +102,7 @@ class QueueService:
 
     async def get_queue_stats(self) -> QueueStats:
         """Counts by status, every live worker's state and queue length, and the leader."""
+        self._check_open()
         keys = self._keys
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(keys.counts)
@@ -120,7 +140,7 @@ class QueueService:
             ) from e
         size = len(payload.encode())
         if size > self.settings.max_payload_bytes:
-            raise PayloadTooLargeError(size, self.settings.max_payload_bytes)
+            raise PayloadTooLargeError(size, self.settings.max_payload_bytes, index)
         return valid, payload
 
     async def _guard(self, call: Awaitable[T]) -> T:

@@ -132,6 +132,23 @@ async def test_cold_tags_are_not_starved_by_a_hot_one(make_settings) -> None:
     assert not starved, f"cold tags {starved} only started after the hot tag finished"
 
 
+async def test_tags_take_turns_a_batch_at_a_time(make_settings) -> None:
+    """A tag that gave up its worker with work left queues behind the tags already waiting:
+    with one worker, a flood added first still lets later tags in after each batch."""
+    aq = AffinityQueue(make_settings(worker_count=1, max_batch_size=5))
+    runs: list[Run] = []
+    recording(aq, runs)
+    await aq.queue().add_bulk(task("hot", i) for i in range(20))
+    await aq.queue().add_bulk(task(tag, 0) for tag in ("b", "c", "d"))
+    async with aq:
+        await drained(aq.queue(), 23)
+    runs.sort(key=lambda r: r.start)
+    order = [r.tag if r.tag != "hot" else f"hot{r.payload}" for r in runs]
+    assert order == [*(f"hot{i}" for i in range(5)), "b", "c", "d"] + [
+        f"hot{i}" for i in range(5, 20)
+    ]
+
+
 async def test_per_tag_concurrency_limit_is_reached_and_never_exceeded(make_settings) -> None:
     aq = AffinityQueue(
         make_settings(

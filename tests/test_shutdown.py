@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 from affinity_queue import AffinityQueue, JobStatus
@@ -64,7 +65,7 @@ async def test_stop_hands_back_queued_jobs_at_once_and_keeps_the_tag_exclusive(m
         await second.aclose()
 
     assert [seq for _, seq, _, _ in runs] == [0, 1, 2, 3, 4]
-    for (_, _, _, end), (_, _, start, _) in zip(runs, runs[1:], strict=False):
+    for (_, _, _, end), (_, _, start, _) in itertools.pairwise(runs):
         assert end <= start, "two jobs of tag A overlapped"
     stats_workers = {w for w, *_ in runs}
     assert len(stats_workers) == 2, "the rest of the tag ran on the other process"

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from affinity_queue import AffinityQueue, JobStatus
 
 
@@ -30,3 +32,17 @@ async def test_task_runs_end_to_end(make_settings) -> None:
         assert stats.completed == 1 and stats.pending == 0
         assert stats.leader is not None
     assert seen == [({"x": 1}, "t1", 1)]
+
+
+async def test_services_refuse_work_after_aclose(make_settings) -> None:
+    from affinity_queue import LifecycleError
+
+    aq = AffinityQueue(make_settings())
+    async with aq:
+        await aq.queue().add({"type": "t", "identifyTag": "a"})
+    with pytest.raises(LifecycleError, match="closed"):
+        await aq.queue().add({"type": "t", "identifyTag": "a"})
+    with pytest.raises(LifecycleError):
+        await aq.queue().get_queue_stats()
+    with pytest.raises(LifecycleError):
+        await aq.start()

@@ -23,6 +23,7 @@
     KEYS[17] fence     string: last fencing number handed out
     KEYS[18] election  list: pushed when a leader steps down
     KEYS[19] epoch     string: id of this data set
+    KEYS[20] turns     hash: tag id -> seq when the tag last released a worker with work left
 
   Time is read from Redis (TIME) rather than passed in: leases are compared across hosts, and one
   clock is what makes that comparison sound.
@@ -32,6 +33,7 @@ local K_JOB, K_TAG, K_BOUND, K_WQ, K_WS, K_WAKEW = KEYS[1], KEYS[2], KEYS[3], KE
 local K_SEQ, K_COUNTS, K_READY_BOUND, K_READY_NEW = KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local K_IDLE, K_WORKERS, K_WAKE, K_CONFIG, K_LIMITS = KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15]
 local K_LEADER, K_FENCE, K_ELECTION, K_EPOCH = KEYS[16], KEYS[17], KEYS[18], KEYS[19]
+local K_TURNS = KEYS[20]
 
 local ERR_LEASE_LOST = -1
 local ERR_NOT_LEADER = -2
@@ -67,6 +69,9 @@ end
 
 -- File the tag under the ready set that matches its state (or none). Every change to a tag's
 -- pending list or bound workers ends with this call; dispatch relies on it to never scan.
+-- The rank is the tag's head job id (oldest first), or its turn if later: a tag that gave up a
+-- worker with work left queues behind the jobs that were waiting then, so tags take turns a
+-- batch at a time and a flood on one tag cannot hold the others back.
 local function refresh_tag(tid, cfg)
   local head = rcall('LINDEX', K_TAG .. tid, 0)
   local into = nil
@@ -76,9 +81,13 @@ local function refresh_tag(tid, cfg)
     elseif rcall('ZCARD', K_BOUND .. tid) < tag_limit(tid, cfg) then
       into = K_READY_NEW
     end
+  else
+    rcall('HDEL', K_TURNS, tid)
   end
+  local rank = head
+  if into then rank = math.max(tonumber(head), tonumber(rcall('HGET', K_TURNS, tid)) or 0) end
   for _, set in ipairs({ K_READY_BOUND, K_READY_NEW }) do
-    if set == into then rcall('ZADD', set, head, tid) else rcall('ZREM', set, tid) end
+    if set == into then rcall('ZADD', set, rank, tid) else rcall('ZREM', set, tid) end
   end
 end
 
@@ -95,6 +104,9 @@ local function release(w, cfg)
   local s = rcall('HMGET', state, 'status', 'tid')
   if s[1] ~= 'running' then return end
   rcall('ZREM', K_BOUND .. s[2], w)
+  if rcall('EXISTS', K_TAG .. s[2]) == 1 then
+    rcall('HSET', K_TURNS, s[2], tonumber(rcall('GET', K_SEQ)) + 0.5)
+  end
   rcall('HSET', state, 'status', 'idle', 'tid', '', 'tag', '', 'batch', 0)
   rcall('ZADD', K_IDLE, now_ms(), w)
   refresh_tag(s[2], cfg)

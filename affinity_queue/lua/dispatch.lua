@@ -19,8 +19,12 @@ local budget = tonumber(ARGV[2])
 local cfg = load_config()
 local placed = 0
 local more = 0
+-- Each round places a job or takes a tag out of the ready sets (refresh_tag), so rounds are
+-- bounded by budget + stale tags; the cap guards Redis against a rule that ever breaks that.
+local rounds = 0
 while true do
-  if placed >= budget then
+  rounds = rounds + 1
+  if placed >= budget or rounds > 2 * budget then
     more = 1
     break
   end
