@@ -193,7 +193,7 @@ class AffinityQueue:
         was_started = self._state is _State.STARTED
         self._state = _State.CLOSED
         for q in self._queues.values():
-            q.service.close()
+            await q.service.aclose()
             if was_started:
                 # Resign first: a successor takes over at once, not after the grace period, and
                 # places the jobs our workers hand back.

@@ -5,6 +5,9 @@
     AffinityQueueError
     ├── InvalidTaskError           (also a ValueError) a task was rejected; nothing was written
     │   └── PayloadTooLargeError   its payload is over MAX_PAYLOAD_BYTES
+    │   └── TagBacklogFullError    its tag already holds MAX_PENDING_PER_TAG pending tasks
+    ├── UnknownJobError            (also a KeyError) no job has that id (or it expired)
+    ├── JobFailedError             wait_for(): the job failed or was cancelled
     ├── QueueUnavailableError      Redis did not answer (`maybe_written`: it may still apply it)
     ├── UnknownQueueError          (also a KeyError) no queue of that name is declared
     ├── LifecycleError             start() twice, or a service used after aclose()
@@ -18,6 +21,10 @@
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .models import Job
 
 
 class AffinityQueueError(Exception):
@@ -41,6 +48,37 @@ class PayloadTooLargeError(InvalidTaskError):
         self.size = size
         self.limit = limit
         self.index = index
+
+
+class TagBacklogFullError(InvalidTaskError):
+    """Backpressure: the tag holds its limit of pending tasks. Retry later (HTTP 429)."""
+
+    def __init__(self, identify_tag: str, limit: int) -> None:
+        super().__init__(
+            f"tag {identify_tag!r} already holds {limit} pending tasks (MAX_PENDING_PER_TAG); "
+            "retry later",
+            field="identifyTag",
+        )
+        self.identify_tag = identify_tag
+        self.limit = limit
+
+
+class UnknownJobError(AffinityQueueError, KeyError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job {job_id!r} (never added, or its record expired)")
+        self.job_id = job_id
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class JobFailedError(AffinityQueueError):
+    """The awaited job ended failed or cancelled; ``job`` holds its record and error."""
+
+    def __init__(self, job: Job) -> None:
+        error = job.error.message if job.error else ""
+        super().__init__(f"job {job.id} {job.status.value}: {error}")
+        self.job = job
 
 
 class QueueUnavailableError(AffinityQueueError):
@@ -109,3 +147,19 @@ class ScriptCode(IntEnum):
     NOT_LEADER = -2
     NOT_ACTIVE = -3
     DATA_LOST = -4
+    TAG_FULL = -5
+
+
+# Raised by handlers to steer retries (not errors of this library).
+
+
+class Retry(Exception):
+    """Raise in a handler to retry the job after ``delay_s`` (within its max attempts)."""
+
+    def __init__(self, delay_s: float | None = None, reason: str = "retry requested") -> None:
+        super().__init__(reason)
+        self.delay_s = delay_s
+
+
+class PermanentFailure(Exception):
+    """Raise in a handler to fail the job now, whatever attempts it has left."""

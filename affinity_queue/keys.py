@@ -139,6 +139,40 @@ class QueueKeys:
         return f"{self.base}:turns"
 
     @property
+    def delayed(self) -> str:
+        """Job ids not yet due (delayed tasks, relaxed retries), scored by due time (ms)."""
+        return f"{self.base}:delayed"
+
+    @property
+    def held(self) -> str:
+        """Tag ids held back until a strict retry at their head is due, scored by due time."""
+        return f"{self.base}:held"
+
+    @property
+    def completed(self) -> str:
+        """Retention index of completed (and cancelled) jobs, scored by finish time (ms)."""
+        return f"{self.base}:completed"
+
+    @property
+    def failed(self) -> str:
+        """Dead letters: failed job ids, scored by finish time (ms)."""
+        return f"{self.base}:failed"
+
+    @property
+    def paused_tags(self) -> str:
+        return f"{self.base}:paused-tags"
+
+    @property
+    def dedupe_prefix(self) -> str:
+        """Per deduplication key (hex-encoded): the id of the job it admitted."""
+        return f"{self.base}:dedupe:"
+
+    @property
+    def done_channel(self) -> str:
+        """Pub/Sub channel: the ids of finished jobs somebody waits for."""
+        return f"{self.base}:done"
+
+    @property
     def script_keys(self) -> tuple[str, ...]:
         """``KEYS`` for every script, in the order ``lua/_shared.lua`` unpacks them."""
         return (
@@ -162,6 +196,13 @@ class QueueKeys:
             self.election,
             self.epoch,
             self.turns,
+            self.delayed,
+            self.held,
+            self.completed,
+            self.failed,
+            self.paused_tags,
+            self.dedupe_prefix,
+            self.done_channel,
         )
 
     def job(self, job_id: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
@@ -36,17 +37,37 @@ class Task(_Model):
 
 
 class JobStatus(StrEnum):
+    """pending -> assigned -> active -> completed | failed; delayed before it is due or between
+    relaxed retries; cancelled when withdrawn before it ran."""
+
     PENDING = "pending"
+    DELAYED = "delayed"
     ASSIGNED = "assigned"
     ACTIVE = "active"
     COMPLETED = "completed"
     FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class CancelOutcome(StrEnum):
+    CANCELLED = "cancelled"
+    """It had not started and never will."""
+    REQUESTED = "requested"
+    """It is running; its context's ``cancelled`` flag is set (the handler decides)."""
+    FINISHED = "finished"
+    """It had already completed, failed or been cancelled."""
+    UNKNOWN = "unknown"
 
 
 class JobError(_Model):
     type: str
     message: str
     traceback: str = ""
+    attempt: int = 0
 
 
 class Job(_Model):
@@ -57,11 +78,14 @@ class Job(_Model):
     status: JobStatus
     worker_id: str | None = None
     attempts: int = 0
+    max_attempts: int = 1
     created_at: datetime | None = None
+    run_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
     result: JsonValue = None
     error: JobError | None = None
+    history: list[JobError] = []
 
     @property
     def task(self) -> Task:
@@ -77,11 +101,14 @@ class Job(_Model):
             status=JobStatus(h["status"]),
             worker_id=h.get("worker") or None,
             attempts=int(h.get("attempts", 0)),
+            max_attempts=int(h.get("max_attempts") or 1),
             created_at=_ms_to_datetime(h.get("created")),
+            run_at=_ms_to_datetime(h.get("due")),
             started_at=_ms_to_datetime(h.get("started")),
             finished_at=_ms_to_datetime(h.get("finished")),
             result=json.loads(h["result"]) if "result" in h else None,
             error=JobError.model_validate_json(h["error"]) if "error" in h else None,
+            history=[JobError.model_validate(e) for e in json.loads(h.get("history") or "[]")],
         )
 
 
@@ -135,22 +162,31 @@ class LeaderInfo(_Model):
 class QueueStats(_Model):
     queue: str
     pending: int
+    delayed: int
     assigned: int
     active: int
     completed: int
+    """Jobs completed since the queue began."""
     failed: int
+    """Jobs failed since the queue began (dead letters are listed by ``list_failed``)."""
+    cancelled: int
     workers: list[WorkerState]
     leader: LeaderInfo | None
 
 
-class JobContext(_Model):
+@dataclass(slots=True)
+class JobContext:
     """What a handler that declares a second parameter receives."""
 
     job_id: str
     identify_tag: str
     worker_id: str
     attempt: int
+    """1 for the first run; grows with every retry and every rerun after a crash."""
+    max_attempts: int
     queue: str
+    cancelled: bool = False
+    """Set (within about one HEARTBEAT_INTERVAL) when ``cancel()`` was called for this job."""
 
 
 def _ms_to_datetime(ms: Any) -> datetime | None:

@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Iterable, Iterator, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import JsonValue, ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import (
     InvalidTaskError,
+    JobFailedError,
     LifecycleError,
     PayloadTooLargeError,
     QueueUnavailableError,
+    UnknownJobError,
 )
 from .keys import tag_id
-from .lua import Scripts
-from .models import Job, JobStatus, LeaderInfo, QueueStats, Task, WorkerState
+from .lua import AddOptions, Scripts
+from .models import CancelOutcome, Job, JobStatus, LeaderInfo, QueueStats, Task, WorkerState
+from .notify import Waiters
 from .settings import QueueSettings
 
 TaskLike = Task | Mapping[str, Any]
@@ -48,10 +53,12 @@ class QueueService:
         self._scripts = scripts
         self._keys = settings.keys
         self._closed = False
+        self._waiters = Waiters(redis, self._keys.done_channel)
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         """Called by ``AffinityQueue.aclose()``: later calls raise instead of reconnecting."""
         self._closed = True
+        await self._waiters.aclose()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -60,36 +67,183 @@ class QueueService:
                 "use the service only between start() and aclose() (or inside the lifespan)"
             )
 
-    async def add(self, task: TaskLike) -> Job:
-        """Accept one task. Raises :class:`InvalidTaskError` (nothing written) on bad input."""
-        (job,) = await self.add_bulk([task])
+    async def add(
+        self,
+        task: TaskLike,
+        *,
+        delay_s: float | None = None,
+        run_at: datetime | None = None,
+        max_attempts: int | None = None,
+        backoff_ms: int | None = None,
+        timeout_s: float | None = None,
+        dedupe_key: str | None = None,
+        dedupe_ttl_s: float = 300.0,
+    ) -> Job:
+        """Accept one task. Raises :class:`InvalidTaskError` (nothing written) on bad input.
+
+        ``delay_s`` / ``run_at``: the task joins the end of its tag's order when due.
+        ``dedupe_key``: while the key's window (``dedupe_ttl_s``) lasts, adding again returns the
+        job the key first admitted and writes nothing, so a retried request adds once.
+        """
+        if dedupe_key is not None and not dedupe_key:
+            raise InvalidTaskError("dedupe_key must be a non-empty string", field="dedupe_key")
+        options = self._options(delay_s, run_at, max_attempts, backoff_ms, timeout_s)
+        if dedupe_key:
+            options = replace(
+                options,
+                dedupe_key=tag_id(dedupe_key),
+                dedupe_ttl_ms=_positive_ms(dedupe_ttl_s, "dedupe_ttl_s"),
+            )
+        (job,) = await self._add([task], options)
         return job
 
-    async def add_bulk(self, tasks: Iterable[TaskLike]) -> list[Job]:
-        """Accept many tasks, one round trip per chunk of ``BULK_CHUNK``.
+    async def add_bulk(
+        self,
+        tasks: Iterable[TaskLike],
+        *,
+        delay_s: float | None = None,
+        run_at: datetime | None = None,
+        max_attempts: int | None = None,
+        backoff_ms: int | None = None,
+        timeout_s: float | None = None,
+    ) -> list[Job]:
+        """Accept many tasks (the options apply to each), one round trip per chunk of
+        ``BULK_CHUNK``.
 
         Every task is validated before anything is written. Each chunk is all-or-nothing; if Redis
         fails midway, the chunks before it are accepted and :class:`QueueUnavailableError` says so.
         """
+        options = self._options(delay_s, run_at, max_attempts, backoff_ms, timeout_s)
+        return await self._add(tasks, options)
+
+    async def _add(self, tasks: Iterable[TaskLike], options: AddOptions) -> list[Job]:
         self._check_open()
         validated = [self._validate(t, i) for i, t in enumerate(tasks)]
         jobs: list[Job] = []
         for chunk in _chunks(validated):
             entries = [(t.type, t.identify_tag, tag_id(t.identify_tag), p) for t, p in chunk]
-            first, now_ms = await self._guard(self._scripts.add(entries))
-            created = datetime.fromtimestamp(now_ms / 1000, UTC)
+            added = await self._guard(self._scripts.add(entries, options))
+            if added.deduplicated:
+                existing = await self.get_job(str(added.first_id))
+                if existing is not None:
+                    return [existing]
+            created = datetime.fromtimestamp(added.now_ms / 1000, UTC)
+            run_at = (
+                datetime.fromtimestamp((added.now_ms + options.delay_ms) / 1000, UTC)
+                if options.delay_ms
+                else None
+            )
             jobs.extend(
-                Job(
-                    id=str(first + i),
+                Job.model_construct(
+                    id=str(added.first_id + i),
                     type=t.type,
                     identify_tag=t.identify_tag,
                     payload=t.payload,
-                    status=JobStatus.PENDING,
+                    status=JobStatus.DELAYED if run_at else JobStatus.PENDING,
+                    worker_id=None,
+                    attempts=0,
+                    max_attempts=options.max_attempts,
                     created_at=created,
+                    run_at=run_at,
+                    started_at=None,
+                    finished_at=None,
+                    result=None,
+                    error=None,
+                    history=[],
                 )
                 for i, (t, _) in enumerate(chunk)
             )
         return jobs
+
+    def _options(
+        self,
+        delay_s: float | None,
+        run_at: datetime | None,
+        max_attempts: int | None,
+        backoff_ms: int | None,
+        timeout_s: float | None,
+    ) -> AddOptions:
+        s = self.settings
+        if delay_s is not None and run_at is not None:
+            raise InvalidTaskError("give delay_s or run_at, not both", field="run_at")
+        if run_at is not None:
+            if run_at.tzinfo is None:
+                raise InvalidTaskError("run_at must be timezone-aware", field="run_at")
+            delay_s = (run_at - datetime.now(UTC)).total_seconds()
+        if max_attempts is not None and max_attempts < 1:
+            raise InvalidTaskError("max_attempts must be at least 1", field="max_attempts")
+        if backoff_ms is not None and backoff_ms < 0:
+            raise InvalidTaskError("backoff_ms must be >= 0", field="backoff_ms")
+        return AddOptions(
+            max_attempts=max_attempts or s.max_attempts,
+            backoff_ms=s.retry_backoff_ms if backoff_ms is None else backoff_ms,
+            timeout_ms=_positive_ms(timeout_s, "timeout_s") if timeout_s is not None else 0,
+            delay_ms=max(0, round((delay_s or 0) * 1000)),
+            max_pending_per_tag=s.max_pending_per_tag,
+        )
+
+    async def wait_for(self, job_id: str, timeout_s: float | None = None) -> JsonValue:
+        """The result of the job once it completed; raises :class:`JobFailedError` if it failed
+        or was cancelled, ``TimeoutError`` after ``timeout_s``, :class:`UnknownJobError` for an
+        unknown id. Woken by a notification from the script that finishes the job."""
+        self._check_open()
+        waiter = await self._guard(self._waiters.register(job_id))
+        try:
+            status = await self._guard(self._scripts.watch(job_id))
+            if status is None:
+                async with asyncio.timeout(timeout_s):
+                    await waiter
+        finally:
+            self._waiters.unregister(job_id, waiter)
+        job = await self.get_job(job_id)
+        if job is None:
+            raise UnknownJobError(job_id)
+        if job.status is JobStatus.COMPLETED:
+            return job.result
+        raise JobFailedError(job)
+
+    async def cancel(self, job_id: str) -> CancelOutcome:
+        """Withdraw a job that has not started; for a running one, set ``ctx.cancelled``."""
+        self._check_open()
+        if not job_id.isdigit():
+            return CancelOutcome.UNKNOWN
+        return CancelOutcome(await self._guard(self._scripts.cancel(job_id)))
+
+    async def list_failed(self, offset: int = 0, limit: int = 100) -> list[Job]:
+        """Dead letters, newest first: jobs that ran out of attempts or failed permanently."""
+        self._check_open()
+        ids: list[str] = await self._guard(
+            self._redis.zrevrange(self._keys.failed, offset, offset + limit - 1)  # type: ignore[arg-type]
+        )
+        jobs = [await self.get_job(job_id) for job_id in ids]
+        return [j for j in jobs if j is not None]
+
+    async def requeue_failed(self, job_id: str) -> bool:
+        """Put a dead letter back at the front of its tag, its attempts starting over."""
+        self._check_open()
+        return await self._guard(self._scripts.requeue_failed(job_id))
+
+    async def delete_failed(self, job_id: str) -> bool:
+        self._check_open()
+        return await self._guard(self._scripts.delete_failed(job_id))
+
+    async def pause(self) -> None:
+        """Place nothing new (running and already assigned jobs go on) until :meth:`resume`."""
+        self._check_open()
+        await self._guard(self._scripts.pause(True))
+
+    async def resume(self) -> None:
+        self._check_open()
+        await self._guard(self._scripts.pause(False))
+
+    async def pause_tag(self, identify_tag: str) -> None:
+        """Hold back one tag's pending tasks; other tags flow."""
+        self._check_open()
+        await self._guard(self._scripts.pause(True, tag_id(identify_tag)))
+
+    async def resume_tag(self, identify_tag: str) -> None:
+        self._check_open()
+        await self._guard(self._scripts.pause(False, tag_id(identify_tag)))
 
     async def get_job(self, job_id: str) -> Job | None:
         self._check_open()
@@ -161,3 +315,9 @@ def _chunks(tasks: list[tuple[Task, str]]) -> Iterator[list[tuple[Task, str]]]:
         size += len(payload)
     if chunk:
         yield chunk
+
+
+def _positive_ms(seconds: float | None, field: str) -> int:
+    if seconds is None or seconds <= 0:
+        raise InvalidTaskError(f"{field} must be a positive number of seconds", field=field)
+    return max(1, round(seconds * 1000))

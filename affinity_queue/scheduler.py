@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 
 from .errors import NotLeaderError
 from .keys import tag_id
-from .lua import Scripts
+from .lua import Scripts, TermConfig
 from .retry import Connectivity, RedisTrouble
 from .settings import QueueSettings
 from .worker import WAIT_CAP_S
@@ -105,9 +105,7 @@ class Scheduler:
                     self.node_id,
                     socket.gethostname(),
                     os.getpid(),
-                    s.max_batch_size,
-                    s.identify_tag_concurrency.default,
-                    _tag_id_limits(s),
+                    _term_config(s),
                 ),
                 what="election",
             )
@@ -178,14 +176,14 @@ class Scheduler:
                 next_reap = now + reap_every_s
                 if sweep:
                     next_sweep = now + sweep_every_s
-            _, more = await self._leader_call(
+            _, more, next_due_ms = await self._leader_call(
                 lambda: self._scripts.dispatch(self._fence, DISPATCH_BUDGET), "dispatch"
             )
-            if more:
+            if more or next_due_ms == 0:
                 continue
-            await self._leader_call(
-                lambda: self._blocking.blpop([self._keys.wake], timeout=interval_s), "wait"
-            )
+            wait_s = interval_s if next_due_ms < 0 else min(interval_s, next_due_ms / 1000)
+            wait = partial(self._blocking.blpop, [self._keys.wake], timeout=wait_s)
+            await self._leader_call(wait, "wait")
 
     async def _recover(self, *, sweep: bool) -> None:
         """Hand back the jobs of workers whose lease expired (found through the lease index)
@@ -222,6 +220,18 @@ class Scheduler:
     async def _leader_call(self, call: Callable[[], Awaitable[T]], what: str) -> T:
         """Retry through Redis outages, but give up once the term may have expired."""
         return await self._net.retry(call, what=what, check=self._check_term)
+
+
+def _term_config(s: QueueSettings) -> TermConfig:
+    return TermConfig(
+        max_batch=s.max_batch_size,
+        concurrency=s.identify_tag_concurrency.default,
+        keep_completed=s.keep_completed,
+        completed_ttl_ms=s.completed_ttl_ms,
+        keep_failed=s.keep_failed,
+        failed_ttl_ms=s.failed_ttl_ms,
+        limits=_tag_id_limits(s),
+    )
 
 
 def _tag_id_limits(settings: QueueSettings) -> dict[str, int]:

@@ -34,6 +34,11 @@ class Role(StrEnum):
         return self is not Role.SCHEDULER
 
 
+class RetryOrder(StrEnum):
+    STRICT = "strict"
+    RELAXED = "relaxed"
+
+
 class TagConcurrency(BaseModel):
     """How many workers may run one tag at once: ``default`` for every tag, ``limits`` per tag."""
 
@@ -131,6 +136,45 @@ class QueueSettings(BaseSettings):
     max_payload_bytes: int = Field(
         1_048_576, ge=1, validation_alias=_env("MAX_PAYLOAD_BYTES", python_name="max_payload_bytes")
     )
+    max_attempts: int = Field(
+        1, ge=1, le=1000, validation_alias=_env("MAX_ATTEMPTS", python_name="max_attempts")
+    )
+    """Runs a task gets before it fails for good (1 = no retries); ``add(max_attempts=)`` wins."""
+    retry_backoff_ms: int = Field(
+        1000, ge=0, validation_alias=_env("RETRY_BACKOFF", python_name="retry_backoff_ms")
+    )
+    """Base of the exponential backoff: retry n waits a random time up to base * 2**(n-1)."""
+    retry_backoff_max_ms: int = Field(
+        3_600_000,
+        ge=0,
+        validation_alias=_env("RETRY_BACKOFF_MAX", python_name="retry_backoff_max_ms"),
+    )
+    retry_order: RetryOrder = Field(
+        RetryOrder.STRICT, validation_alias=_env("RETRY_ORDER", python_name="retry_order")
+    )
+    """strict: a retrying task keeps its place at the head of its tag and later tasks wait;
+    relaxed: the tag goes on and the retry re-enters when due."""
+    task_timeout_ms: int = Field(
+        0, ge=0, validation_alias=_env("TASK_TIMEOUT", python_name="task_timeout_ms")
+    )
+    """Default handler timeout (0 = none); per type or per task settings win."""
+    keep_completed: int = Field(
+        100_000, ge=1, validation_alias=_env("KEEP_COMPLETED", python_name="keep_completed")
+    )
+    completed_ttl_ms: int = Field(
+        86_400_000, ge=1, validation_alias=_env("COMPLETED_TTL", python_name="completed_ttl_ms")
+    )
+    keep_failed: int = Field(
+        100_000, ge=1, validation_alias=_env("KEEP_FAILED", python_name="keep_failed")
+    )
+    failed_ttl_ms: int = Field(
+        604_800_000, ge=1, validation_alias=_env("FAILED_TTL", python_name="failed_ttl_ms")
+    )
+    max_pending_per_tag: int = Field(
+        0, ge=0, validation_alias=_env("MAX_PENDING_PER_TAG", python_name="max_pending_per_tag")
+    )
+    """Backpressure: ``add`` raises TagBacklogFullError past this many pending tasks of one
+    tag (0 = no limit)."""
     shutdown_grace_period_ms: int = Field(
         30_000,
         ge=0,
@@ -142,6 +186,11 @@ class QueueSettings(BaseSettings):
     @classmethod
     def _role_any_case(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("retry_order", mode="before")
+    @classmethod
+    def _order_any_case(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("identify_tag_concurrency", mode="before")
     @classmethod

@@ -8,6 +8,7 @@ import inspect
 import json
 import logging
 import os
+import random
 import secrets
 import socket
 import traceback
@@ -19,7 +20,7 @@ from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 
-from .errors import DataLostError, JobNotActiveError, LeaseLostError
+from .errors import DataLostError, JobNotActiveError, LeaseLostError, PermanentFailure, Retry
 from .lua import RawJob, Scripts
 from .models import JobContext
 from .queue import dumps
@@ -39,9 +40,10 @@ class _Handler:
     fn: Callable[..., Any]
     is_async: bool
     wants_context: bool
+    timeout_s: float | None
 
     @classmethod
-    def of(cls, fn: Callable[..., Any]) -> _Handler:
+    def of(cls, fn: Callable[..., Any], timeout_s: float | None) -> _Handler:
         params = [
             p
             for p in inspect.signature(fn).parameters.values()
@@ -50,19 +52,31 @@ class _Handler:
         if not params:
             raise TypeError(f"handler {fn!r} must accept the payload as its first parameter")
         wants_context = len(params) >= 2 or params[0].kind is inspect.Parameter.VAR_POSITIONAL
-        return cls(fn, inspect.iscoroutinefunction(fn), wants_context)
+        if timeout_s is not None and timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        return cls(fn, inspect.iscoroutinefunction(fn), wants_context, timeout_s)
 
 
-def _error_json(exc: BaseException | None, *, type_: str = "", message: str = "") -> str:
-    if exc is None:
-        return dumps({"type": type_, "message": message, "traceback": ""})
-    return dumps(
-        {
-            "type": type(exc).__name__,
-            "message": str(exc),
-            "traceback": "".join(traceback.format_exception(exc)),
-        }
-    )
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """What ``advance`` records for a finished run: completed, failed, or retry after a delay."""
+
+    kind: str
+    data: str
+    retry_delay_ms: int = 0
+
+
+def _error_json(
+    attempt: int, exc: BaseException | None, *, type_: str = "", message: str = ""
+) -> str:
+    if exc is not None:
+        type_, message = type(exc).__name__, str(exc)
+    trace = "".join(traceback.format_exception(exc)) if exc is not None else ""
+    return dumps({"type": type_, "message": message, "traceback": trace, "attempt": attempt})
+
+
+_NOTHING = _Outcome("", "")
+"""For an ``advance`` that finishes nothing and only takes the next job."""
 
 
 def _new_worker_id(slot: int) -> str:
@@ -95,22 +109,29 @@ class WorkerService:
         self._worker_ids: dict[int, str] = {}
         self._epoch = ""
         self._executor: ThreadPoolExecutor | None = None
+        self._running: dict[str, JobContext] = {}
 
     # -- handlers ---------------------------------------------------------------------------
-    def register_handler(self, type: str, fn: Callable[..., Any]) -> None:
+    def register_handler(
+        self, type: str, fn: Callable[..., Any], *, timeout_s: float | None = None
+    ) -> None:
         """Run ``fn(payload)`` or ``fn(payload, context)`` for jobs of ``type``.
 
         Async handlers are awaited; sync ones run in a thread so they never block the loop.
+        ``timeout_s`` bounds one run (a task's own ``timeout_s`` wins; TASK_TIMEOUT is the
+        default): an async handler is cancelled, a sync one abandoned and its result ignored.
         """
         if not type:
             raise ValueError("handler type must be a non-empty string")
-        self._handlers[type] = _Handler.of(fn)
+        self._handlers[type] = _Handler.of(fn, timeout_s)
 
-    def handler(self, type: str) -> Callable[[HandlerT], HandlerT]:
+    def handler(
+        self, type: str, *, timeout_s: float | None = None
+    ) -> Callable[[HandlerT], HandlerT]:
         """Decorator form of :meth:`register_handler`."""
 
         def decorate(fn: HandlerT) -> HandlerT:
-            self.register_handler(type, fn)
+            self.register_handler(type, fn, timeout_s=timeout_s)
             return fn
 
         return decorate
@@ -201,7 +222,7 @@ class WorkerService:
 
     async def _work(self, wid: str) -> None:
         """Run jobs until stopping. Finishing one and taking the next is one ``advance`` call."""
-        job = await self._advance(wid, None, "", "")
+        job = await self._advance(wid, None, _NOTHING)
         wake_key = self._keys.worker_wake(wid)
         wait_s = min(self.settings.heartbeat_interval_ms / 1000, WAIT_CAP_S)
         while True:
@@ -215,68 +236,107 @@ class WorkerService:
                 if self._stopping:
                     return
                 if woken:  # the scheduler bound this worker (binding and token are atomic)
-                    job = await self._advance(wid, None, "", "")
+                    job = await self._advance(wid, None, _NOTHING)
                 continue
-            outcome, data = await self._execute(wid, job)
-            job = await self._advance(wid, job, outcome, data)
+            outcome = await self._execute(wid, job)
+            job = await self._advance(wid, job, outcome)
 
-    async def _advance(
-        self, wid: str, done: RawJob | None, outcome: str, data: str
-    ) -> RawJob | None:
+    async def _advance(self, wid: str, done: RawJob | None, outcome: _Outcome) -> RawJob | None:
         finished = done.id if done else ""
         take_next = not self._stopping
+        order = self.settings.retry_order.value
 
         async def call() -> RawJob | None:
             nonlocal finished
+            o = outcome
             try:
-                return await self._scripts.advance(wid, finished, outcome, data, take_next)
+                return await self._scripts.advance(
+                    wid, finished, o.kind, o.data, take_next, o.retry_delay_ms, order
+                )
             except JobNotActiveError:
                 # Only after a retry: the first attempt landed but its reply was lost. Asking
                 # again without finishing returns the job that attempt started, if any.
                 finished = ""
-                return await self._scripts.advance(wid, finished, outcome, data, take_next)
+                return await self._scripts.advance(wid, finished, o.kind, o.data, take_next)
 
         return await self._net.retry(call, what=f"worker {wid}: advance")
 
-    async def _execute(self, wid: str, job: RawJob) -> tuple[str, str]:
+    async def _execute(self, wid: str, job: RawJob) -> _Outcome:
         handler = self._handlers.get(job.type)
         if handler is None:
-            return "failed", _error_json(
-                None,
-                type_="UnknownTaskType",
-                message=f"no handler registered for type {job.type!r} in queue {self.name!r}; "
-                f"registered: {', '.join(self.handler_types) or 'none'}",
-            )
-        args: tuple[Any, ...] = (json.loads(job.payload),)
-        if handler.wants_context:
-            args += (
-                JobContext(
-                    job_id=job.id,
-                    identify_tag=job.identify_tag,
-                    worker_id=wid,
-                    attempt=job.attempts,
-                    queue=self.name,
+            return _Outcome(
+                "failed",
+                _error_json(
+                    job.attempts,
+                    None,
+                    type_="UnknownTaskType",
+                    message=f"no handler registered for type {job.type!r} in queue "
+                    f"{self.name!r}; registered: {', '.join(self.handler_types) or 'none'}",
                 ),
             )
+        ctx = JobContext(
+            job_id=job.id,
+            identify_tag=job.identify_tag,
+            worker_id=wid,
+            attempt=job.attempts,
+            max_attempts=job.max_attempts,
+            queue=self.name,
+        )
+        args: tuple[Any, ...] = (json.loads(job.payload),)
+        if handler.wants_context:
+            args += (ctx,)
+        timeout_s = (
+            job.timeout_ms / 1000
+            if job.timeout_ms
+            else handler.timeout_s or (self.settings.task_timeout_ms / 1000 or None)
+        )
+        self._running[job.id] = ctx
         try:
             if handler.is_async:
-                result = await handler.fn(*args)
+                run = handler.fn(*args)
             else:
                 loop = asyncio.get_running_loop()
-                result = await loop.run_in_executor(self._executor, partial(handler.fn, *args))
+                # On timeout the thread is abandoned: its late result is ignored.
+                run = loop.run_in_executor(self._executor, partial(handler.fn, *args))
+            result = await asyncio.wait_for(run, timeout_s)
         except asyncio.CancelledError:
             raise
+        except PermanentFailure as exc:
+            return _Outcome("failed", _error_json(job.attempts, exc))
         except Exception as exc:  # a handler's failure is the job's outcome, not the worker's
-            return "failed", _error_json(exc)
+            if isinstance(exc, TimeoutError):
+                exc = TimeoutError(f"the handler of {job.type!r} ran past {timeout_s} s")
+            return self._failure(job, exc)
+        finally:
+            self._running.pop(job.id, None)
         try:
-            return "completed", dumps(result)
+            return _Outcome("completed", dumps(result))
         except (TypeError, ValueError) as exc:
-            return "failed", _error_json(
-                None,
-                type_=type(exc).__name__,
-                message=f"the handler of {job.type!r} returned a result that is not "
-                f"JSON-serialisable: {exc}",
+            return _Outcome(
+                "failed",
+                _error_json(
+                    job.attempts,
+                    None,
+                    type_=type(exc).__name__,
+                    message=f"the handler of {job.type!r} returned a result that is not "
+                    f"JSON-serialisable: {exc}",
+                ),
             )
+
+    def _failure(self, job: RawJob, exc: Exception) -> _Outcome:
+        """A failed run: retried while attempts are left (after the handler's requested delay,
+        or an exponential backoff with full jitter), else failed for good."""
+        error = _error_json(job.attempts, exc)
+        if job.attempts >= job.max_attempts:
+            return _Outcome("failed", error)
+        if isinstance(exc, Retry) and exc.delay_s is not None:
+            delay_ms = max(0, round(exc.delay_s * 1000))
+        else:
+            ceiling = min(
+                self.settings.retry_backoff_max_ms, job.backoff_ms * 2 ** (job.attempts - 1)
+            )
+            delay_ms = round(random.uniform(0, ceiling))
+        return _Outcome("retry", error, delay_ms)
 
     async def _heartbeats(self) -> None:
         interval_s = self.settings.heartbeat_interval_ms / 1000
@@ -286,13 +346,16 @@ class WorkerService:
             if not ids:
                 continue
             try:
-                lost = await self._scripts.heartbeat(
+                lost, cancel = await self._scripts.heartbeat(
                     self._epoch, self.settings.heartbeat_timeout_ms, ids
                 )
             except DataLostError:
-                lost = ids  # they re-register; the first to do so reports the loss
+                lost, cancel = ids, []  # they re-register; the first to do so reports the loss
             except RedisTrouble:
                 continue  # the worker loops report the outage
+            for job_id in cancel:
+                if (ctx := self._running.get(job_id)) is not None:
+                    ctx.cancelled = True
             for wid in lost:
                 # Wake it if it waits, so it learns of the lost lease now, not at its next job.
                 with contextlib.suppress(*RedisTrouble):

@@ -7,7 +7,7 @@ by several operations exist once. ``register_script`` caches the SHA and reloads
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from importlib.resources import files
 from typing import Any
@@ -22,21 +22,27 @@ from ..errors import (
     NotLeaderError,
     ScriptCode,
     ScriptError,
+    TagBacklogFullError,
 )
-from ..keys import QueueKeys
+from ..keys import QueueKeys, tag_from_id
 
 SCRIPT_NAMES = (
     "add",
     "advance",
+    "cancel",
+    "delete_failed",
     "deregister",
     "dispatch",
     "elect",
     "heartbeat",
+    "pause",
     "reap",
     "register",
     "renew",
+    "requeue_failed",
     "resign",
     "retire",
+    "watch",
 )
 
 
@@ -56,6 +62,56 @@ class RawJob:
     identify_tag: str
     payload: str
     attempts: int
+    max_attempts: int
+    backoff_ms: int
+    timeout_ms: int
+
+    @classmethod
+    def from_reply(cls, reply: list[Any]) -> RawJob:
+        job_id, type_, tag, payload, attempts, max_attempts, backoff, timeout = reply
+        return cls(
+            job_id,
+            type_,
+            tag,
+            payload,
+            int(attempts),
+            int(max_attempts or 1),
+            int(backoff or 0),
+            int(timeout or 0),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AddOptions:
+    """Per-call options of ``add``; times in ms, relative to Redis's clock."""
+
+    max_attempts: int = 1
+    backoff_ms: int = 1000
+    timeout_ms: int = 0
+    delay_ms: int = 0
+    dedupe_key: str = ""  # hex-encoded
+    dedupe_ttl_ms: int = 0
+    max_pending_per_tag: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Added:
+    first_id: int
+    now_ms: int
+    deduplicated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TermConfig:
+    """The settings a leader installs for its term: every process schedules by them."""
+
+    max_batch: int
+    concurrency: int = 1
+    keep_completed: int = 100_000
+    completed_ttl_ms: int = 86_400_000
+    keep_failed: int = 100_000
+    failed_ttl_ms: int = 604_800_000
+    limits: dict[str, int] = field(default_factory=dict)  # tag id -> concurrency limit
 
 
 class Scripts:
@@ -84,21 +140,44 @@ class Scripts:
                     raise ScriptError(f"{name}: unexpected code {result}")
         return result
 
-    async def add(self, entries: list[tuple[str, str, str, str]]) -> tuple[int, int]:
-        """Enqueue ``(type, tag, tag id, payload JSON)`` entries.
-
-        Returns the first job id (the others follow consecutively) and the Redis time in ms.
-        """
+    async def add(
+        self, entries: list[tuple[str, str, str, str]], options: AddOptions = AddOptions()
+    ) -> Added:
+        """Enqueue ``(type, tag, tag id, payload JSON)`` entries; ids follow the first one."""
         flat = [field for entry in entries for field in entry]
-        first, now_ms = await self._call("add", len(entries), *flat)
-        return int(first), int(now_ms)
+        o = options
+        reply = await self._call(
+            "add",
+            len(entries),
+            o.max_attempts,
+            o.backoff_ms,
+            o.timeout_ms,
+            o.delay_ms,
+            o.dedupe_key,
+            o.dedupe_ttl_ms,
+            o.max_pending_per_tag,
+            *flat,
+        )
+        if int(reply[0]) == ScriptCode.TAG_FULL:
+            raise TagBacklogFullError(tag_from_id(reply[1]), o.max_pending_per_tag)
+        first, now_ms, deduplicated = reply
+        return Added(int(first), int(now_ms), bool(deduplicated))
 
-    async def dispatch(self, fence: int, budget: int) -> tuple[int, bool]:
-        placed, more = await self._call("dispatch", fence, budget)
-        return int(placed), bool(more)
+    async def dispatch(self, fence: int, budget: int) -> tuple[int, bool, int]:
+        """Returns (placed, more work waiting, ms until the next delayed job or held tag is due,
+        or -1 when none is)."""
+        placed, more, next_due_ms = await self._call("dispatch", fence, budget)
+        return int(placed), bool(more), int(next_due_ms)
 
     async def advance(
-        self, worker_id: str, finished: str, outcome: str, outcome_json: str, take_next: bool
+        self,
+        worker_id: str,
+        finished: str,
+        outcome: str,
+        outcome_json: str,
+        take_next: bool,
+        retry_delay_ms: int = 0,
+        retry_order: str = "strict",
     ) -> RawJob | None:
         result = await self._call(
             "advance",
@@ -107,19 +186,39 @@ class Scripts:
             outcome,
             outcome_json,
             int(take_next),
+            retry_delay_ms,
+            retry_order,
             worker_id=worker_id,
         )
-        if result == 0:
-            return None
-        job_id, type_, tag, payload, attempts = result
-        return RawJob(job_id, type_, tag, payload, int(attempts))
+        return None if result == 0 else RawJob.from_reply(result)
+
+    async def cancel(self, job_id: str) -> str:
+        return str(await self._call("cancel", job_id))
+
+    async def watch(self, job_id: str) -> str | None:
+        """The job's final status ('' if unknown), or None: it will publish when it finishes."""
+        result = await self._call("watch", job_id)
+        return None if result == 0 else str(result)
+
+    async def pause(self, on: bool, tid: str = "") -> None:
+        await self._call("pause", int(on), tid)
+
+    async def requeue_failed(self, job_id: str) -> bool:
+        return bool(await self._call("requeue_failed", job_id))
+
+    async def delete_failed(self, job_id: str) -> bool:
+        return bool(await self._call("delete_failed", job_id))
 
     async def register(self, worker_id: str, lease_ms: int, host: str, pid: int, epoch: str) -> str:
         return str(await self._call("register", worker_id, lease_ms, host, pid, epoch))
 
-    async def heartbeat(self, epoch: str, lease_ms: int, worker_ids: list[str]) -> list[str]:
-        """Renews the leases; returns the ids whose lease was already gone."""
-        return list(await self._call("heartbeat", epoch, lease_ms, *worker_ids))
+    async def heartbeat(
+        self, epoch: str, lease_ms: int, worker_ids: list[str]
+    ) -> tuple[list[str], list[str]]:
+        """Renews the leases; returns the ids whose lease was already gone, and the ids of
+        active jobs whose cancellation was requested."""
+        lost, cancel = await self._call("heartbeat", epoch, lease_ms, *worker_ids)
+        return list(lost), list(cancel)
 
     async def deregister(self, worker_id: str) -> int:
         return int(await self._call("deregister", worker_id, worker_id=worker_id))
@@ -132,20 +231,27 @@ class Scripts:
         return int(workers), int(jobs)
 
     async def elect(
-        self,
-        token: str,
-        ttl_ms: int,
-        node: str,
-        host: str,
-        pid: int,
-        max_batch: int,
-        concurrency: int,
-        limits: dict[str, int],
+        self, token: str, ttl_ms: int, node: str, host: str, pid: int, config: TermConfig
     ) -> int:
         """Returns the new term's fencing number, or 0 when another node leads."""
-        flat = [str(x) for pair in limits.items() for x in pair]
+        c = config
+        flat = [str(x) for pair in c.limits.items() for x in pair]
         return int(
-            await self._call("elect", token, ttl_ms, node, host, pid, max_batch, concurrency, *flat)
+            await self._call(
+                "elect",
+                token,
+                ttl_ms,
+                node,
+                host,
+                pid,
+                c.max_batch,
+                c.concurrency,
+                c.keep_completed,
+                c.completed_ttl_ms,
+                c.keep_failed,
+                c.failed_ttl_ms,
+                *flat,
+            )
         )
 
     async def renew(self, token: str, ttl_ms: int) -> bool:

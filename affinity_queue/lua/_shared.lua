@@ -24,6 +24,16 @@
     KEYS[18] election  list: pushed when a leader steps down
     KEYS[19] epoch     string: id of this data set
     KEYS[20] turns     hash: tag id -> seq when the tag last released a worker with work left
+    KEYS[21] delayed   zset: job ids not yet due, score = due time (ms)
+    KEYS[22] held      zset: tag ids held until a strict retry at their head is due (ms)
+    KEYS[23] completed zset: retention index of completed and cancelled jobs, score = finish ms
+    KEYS[24] failed    zset: dead letters, score = finish ms
+    KEYS[25] paused-tags  set: paused tag ids
+    KEYS[26] dedupe prefix .. hex(key) -> string: id of the job the key admitted (expires)
+    KEYS[27] done      Pub/Sub channel: ids of finished jobs that somebody waits for
+
+  In the counts hash, pending delayed assigned active are current numbers; completed failed
+  cancelled count outcomes since the queue began.
 
   Time is read from Redis (TIME) rather than passed in: leases are compared across hosts, and one
   clock is what makes that comparison sound.
@@ -33,12 +43,14 @@ local K_JOB, K_TAG, K_BOUND, K_WQ, K_WS, K_WAKEW = KEYS[1], KEYS[2], KEYS[3], KE
 local K_SEQ, K_COUNTS, K_READY_BOUND, K_READY_NEW = KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local K_IDLE, K_WORKERS, K_WAKE, K_CONFIG, K_LIMITS = KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15]
 local K_LEADER, K_FENCE, K_ELECTION, K_EPOCH = KEYS[16], KEYS[17], KEYS[18], KEYS[19]
-local K_TURNS = KEYS[20]
+local K_TURNS, K_DELAYED, K_HELD, K_COMPLETED, K_FAILED = KEYS[20], KEYS[21], KEYS[22], KEYS[23], KEYS[24]
+local K_PAUSED_TAGS, K_DEDUPE, K_DONE = KEYS[25], KEYS[26], KEYS[27]
 
 local ERR_LEASE_LOST = -1
 local ERR_NOT_LEADER = -2
 local ERR_NOT_ACTIVE = -3
 local ERR_DATA_LOST = -4
+local ERR_TAG_FULL = -5
 
 local function now_ms()
   local t = rcall('TIME')
@@ -52,6 +64,10 @@ end
 local function load_config()
   local c = rcall('HMGET', K_CONFIG, 'max_batch', 'concurrency')
   return { max_batch = tonumber(c[1]) or 10, limit = tonumber(c[2]) or 1 }
+end
+
+local function count(field, delta)
+  if delta ~= 0 then rcall('HINCRBY', K_COUNTS, field, int(delta)) end
 end
 
 local function tag_limit(tid, cfg)
@@ -75,13 +91,13 @@ end
 local function refresh_tag(tid, cfg)
   local head = rcall('LINDEX', K_TAG .. tid, 0)
   local into = nil
-  if head then
+  if head and not rcall('ZSCORE', K_HELD, tid) and rcall('SISMEMBER', K_PAUSED_TAGS, tid) == 0 then
     if worker_with_room(tid, cfg) then
       into = K_READY_BOUND
     elseif rcall('ZCARD', K_BOUND .. tid) < tag_limit(tid, cfg) then
       into = K_READY_NEW
     end
-  else
+  elseif not head then
     rcall('HDEL', K_TURNS, tid)
   end
   local rank = head
@@ -158,6 +174,39 @@ local function hand_back(w, cfg)
   for tid in pairs(tids) do refresh_tag(tid, cfg) end
   wake_scheduler_if_work()
   return n_back
+end
+
+-- Record the end of a job: its status and outcome, the retention index it joins (trimmed to
+-- the newest `keep`, each record expiring after `ttl_ms`), and a notification when somebody
+-- waits for it. `field` is 'result' or 'error'.
+local function finish(id, status, field, value, now)
+  local job = K_JOB .. id
+  rcall('HSET', job, 'status', status, 'finished', now, field, value)
+  local index, keep, ttl = K_COMPLETED, 'keep_completed', 'completed_ttl'
+  if status == 'failed' then index, keep, ttl = K_FAILED, 'keep_failed', 'failed_ttl' end
+  local r = rcall('HMGET', K_CONFIG, keep, ttl)
+  keep, ttl = tonumber(r[1]) or 100000, tonumber(r[2]) or 86400000
+  rcall('PEXPIRE', job, ttl)
+  rcall('ZADD', index, now, id)
+  rcall('ZREMRANGEBYSCORE', index, '-inf', now - ttl)
+  local excess = rcall('ZCARD', index) - keep
+  if excess > 0 then
+    local popped = rcall('ZPOPMIN', index, excess)
+    for i = 1, #popped, 2 do  -- member, score, member, score ...
+      if popped[i] ~= id then rcall('DEL', K_JOB .. popped[i]) end
+    end
+  end
+  count(status, 1)
+  if rcall('HGET', job, 'notify') == '1' then rcall('PUBLISH', K_DONE, id) end
+end
+
+-- Append one failed attempt (a JSON object) to the job's history (a JSON array).
+local function add_history(id, error_json)
+  local job = K_JOB .. id
+  local h = rcall('HGET', job, 'history')
+  if not h or h == '' or h == '[]' then h = '[' .. error_json .. ']'
+  else h = string.sub(h, 1, -2) .. ',' .. error_json .. ']' end
+  rcall('HSET', job, 'history', h)
 end
 
 local function is_leader(fence)

@@ -1,31 +1,71 @@
 --[[
-  add: accept tasks; each joins the end of its tag's pending list.
+  add: accept tasks; each joins the end of its tag's pending list (or the delayed set).
 
   Atomic because the job record, its place in the tag's list, the counters and the tag's ready
   state must change together: a scheduler that ran in between would see a job it cannot place,
-  or a tag that looks empty while it holds work.
+  or a tag that looks empty while it holds work. The deduplication check and the per-tag limit
+  are part of the same step, so two producers cannot both pass them.
 
   KEYS: the shared table (see _shared.lua); uses job, tag, bound, seq, counts, ready:*, idle,
-        wake, config, limits.
-  ARGV[1]        n, the number of tasks
-  ARGV[2 + 4i..] for task i (0-based): type, identify_tag, tag id (hex), payload (JSON text)
-  Returns: {id of the first job (the others follow it consecutively), Redis time in ms}.
+        wake, config, limits, turns, delayed, held, paused-tags, dedupe.
+  ARGV[1]  n, the number of tasks
+  ARGV[2]  max attempts per task
+  ARGV[3]  retry backoff base in ms
+  ARGV[4]  timeout in ms (0 = none)
+  ARGV[5]  delay in ms before the tasks are due (0 = due now)
+  ARGV[6]  deduplication key, hex-encoded ('' = none; only with n = 1)
+  ARGV[7]  deduplication window in ms
+  ARGV[8]  most pending tasks a tag may hold (0 = no limit)
+  ARGV[9 + 4i..] for task i (0-based): type, identify_tag, tag id (hex), payload (JSON text)
+  Returns: {id of the first job (the others follow consecutively), Redis time in ms, 0};
+           {id of the existing job, time, 1} when the deduplication key is still taken;
+           {ERR_TAG_FULL (-5), tag id} when a tag would exceed its limit (nothing written).
 ]]
 local n = tonumber(ARGV[1])
-local first = rcall('INCRBY', K_SEQ, n) - n + 1
 local now = now_ms()
+local dedupe = ARGV[6]
+if dedupe ~= '' then
+  local existing = rcall('GET', K_DEDUPE .. dedupe)
+  if existing then return { existing, now, 1 } end
+end
+local limit = tonumber(ARGV[8])
+if limit > 0 then
+  local adding = {}
+  for i = 0, n - 1 do
+    local tid = ARGV[11 + i * 4]
+    adding[tid] = (adding[tid] or 0) + 1
+  end
+  for tid, k in pairs(adding) do
+    if rcall('LLEN', K_TAG .. tid) + k > limit then return { ERR_TAG_FULL, tid } end
+  end
+end
+local first = rcall('INCRBY', K_SEQ, n) - n + 1
+local delay = tonumber(ARGV[5])
+local status = 'pending'
+if delay > 0 then status = 'delayed' end
 local fresh = {}
 for i = 0, n - 1 do
-  local b = 2 + i * 4
+  local b = 9 + i * 4
   local id = int(first + i)
   local tid = ARGV[b + 2]
   rcall('HSET', K_JOB .. id, 'type', ARGV[b], 'tag', ARGV[b + 1], 'tid', tid,
-    'payload', ARGV[b + 3], 'status', 'pending', 'attempts', 0, 'created', now)
-  if rcall('RPUSH', K_TAG .. tid, id) == 1 then fresh[tid] = true end
+    'payload', ARGV[b + 3], 'status', status, 'attempts', 0, 'created', now,
+    'max_attempts', ARGV[2], 'backoff', ARGV[3], 'timeout', ARGV[4])
+  if delay > 0 then
+    rcall('HSET', K_JOB .. id, 'due', now + delay)
+    rcall('ZADD', K_DELAYED, now + delay, id)
+  elseif rcall('RPUSH', K_TAG .. tid, id) == 1 then
+    fresh[tid] = true
+  end
 end
-rcall('HINCRBY', K_COUNTS, 'pending', n)
+if dedupe ~= '' then rcall('SET', K_DEDUPE .. dedupe, int(first), 'PX', ARGV[7]) end
+count(status, n)
 -- Only a tag whose list was empty changes readiness: elsewhere the head is unchanged.
 local cfg = load_config()
 for tid in pairs(fresh) do refresh_tag(tid, cfg) end
-wake_scheduler_if_work()
-return { first, now }
+if delay > 0 then
+  if rcall('LLEN', K_WAKE) == 0 then rcall('RPUSH', K_WAKE, '1') end  -- to re-plan its sleep
+else
+  wake_scheduler_if_work()
+end
+return { first, now, 0 }

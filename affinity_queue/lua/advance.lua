@@ -8,48 +8,84 @@
   The tag is released when the worker's queue is drained (with a full batch the scheduler stops
   filling the queue, so "batch full and all done" is the same event).
 
+  A retry in strict order puts the job back at the head of its tag, with the worker's queued jobs
+  of the tag behind it, holds the tag until the retry is due and releases the worker: later jobs
+  of the tag cannot overtake it. In relaxed order the job waits in the delayed set and the worker
+  goes on.
+
   KEYS: the shared table (see _shared.lua).
   ARGV[1]  worker id
   ARGV[2]  id of the job being finished, or '' when nothing is finished
-  ARGV[3]  outcome of that job: 'completed' | 'failed'
-  ARGV[4]  result (JSON text) when completed, error (JSON text) when failed
+  ARGV[3]  outcome of that job: 'completed' | 'failed' | 'retry'
+  ARGV[4]  result (JSON text) when completed, error (JSON text) otherwise
   ARGV[5]  '1' to start the next job, '0' when the worker is stopping
+  ARGV[6]  for a retry: its delay in ms
+  ARGV[7]  for a retry: 'strict' | 'relaxed' order
   Idempotent under a lost reply: a retry of a call that already started a job gets that job again.
 
-  Returns: {id, type, identify_tag, payload, attempts} of the job now active; 0 when none;
+  Returns: {id, type, identify_tag, payload, attempts, max_attempts, backoff ms, timeout ms} of
+           the job now active; 0 when none;
            ERR_LEASE_LOST (-1) when the worker's lease is gone (its jobs were handed elsewhere);
            ERR_NOT_ACTIVE (-3) when the job to finish is not this worker's active job.
 ]]
-local w, finished = ARGV[1], ARGV[2]
+local w, finished, outcome = ARGV[1], ARGV[2], ARGV[3]
 local state = K_WS .. w
 if not rcall('ZSCORE', K_WORKERS, w) then return ERR_LEASE_LOST end
+local cfg = load_config()
+local now = now_ms()
+local take_next = ARGV[5] == '1'
 if finished ~= '' then
   if rcall('HGET', state, 'active') ~= finished then return ERR_NOT_ACTIVE end
-  local field = 'error'
-  if ARGV[3] == 'completed' then field = 'result' end
-  rcall('HSET', K_JOB .. finished, 'status', ARGV[3], 'finished', now_ms(), field, ARGV[4])
   rcall('HSET', state, 'active', '')
-  rcall('HINCRBY', K_COUNTS, 'active', -1)
-  rcall('HINCRBY', K_COUNTS, ARGV[3], 1)
+  count('active', -1)
+  local job = K_JOB .. finished
+  if outcome == 'completed' then
+    finish(finished, 'completed', 'result', ARGV[4], now)
+  elseif outcome == 'failed' then
+    add_history(finished, ARGV[4])
+    finish(finished, 'failed', 'error', ARGV[4], now)
+  else
+    add_history(finished, ARGV[4])
+    local due = now + tonumber(ARGV[6])
+    rcall('HSET', job, 'error', ARGV[4], 'due', due)
+    if rcall('LLEN', K_WAKE) == 0 then rcall('RPUSH', K_WAKE, '1') end  -- to re-plan its sleep
+    if ARGV[7] == 'strict' then
+      local ids = rcall('LRANGE', K_WQ .. w, 0, -1)
+      rcall('DEL', K_WQ .. w)
+      count('assigned', -#ids)
+      table.insert(ids, 1, finished)
+      local tids = {}
+      count('pending', requeue_front(ids, tids))
+      local tid = rcall('HGET', job, 'tid')
+      if tid then rcall('ZADD', K_HELD, due, tid) end
+      release(w, cfg)
+      for t in pairs(tids) do refresh_tag(t, cfg) end
+      return 0
+    end
+    rcall('HSET', job, 'status', 'delayed', 'front', '1')
+    rcall('ZADD', K_DELAYED, due, finished)
+    count('delayed', 1)
+  end
 end
-if ARGV[5] ~= '1' then return 0 end
+if not take_next then return 0 end
+local fields = { 'type', 'tag', 'payload', 'attempts', 'max_attempts', 'backoff', 'timeout' }
 -- Still active here means a retry whose first call started this job and lost its reply (the
 -- worker only asks for a job when it has none): deliver it again rather than strand it.
 local current = rcall('HGET', state, 'active')
 if current and current ~= '' then
-  local c = rcall('HMGET', K_JOB .. current, 'type', 'tag', 'payload', 'attempts')
-  return { current, c[1], c[2], c[3], tonumber(c[4]) }
+  local c = rcall('HMGET', K_JOB .. current, unpack(fields))
+  return { current, c[1], c[2], c[3], c[4], c[5], c[6], c[7] }
 end
 local id = rcall('LPOP', K_WQ .. w)
 if not id then
-  release(w, load_config())
+  release(w, cfg)
   return 0
 end
 local job = K_JOB .. id
-rcall('HSET', job, 'status', 'active', 'started', now_ms(), 'worker', w)
-local attempts = rcall('HINCRBY', job, 'attempts', 1)
+rcall('HSET', job, 'status', 'active', 'started', now, 'worker', w)
+rcall('HINCRBY', job, 'attempts', 1)
 rcall('HSET', state, 'active', id)
-rcall('HINCRBY', K_COUNTS, 'assigned', -1)
-rcall('HINCRBY', K_COUNTS, 'active', 1)
-local f = rcall('HMGET', job, 'type', 'tag', 'payload')
-return { id, f[1], f[2], f[3], attempts }
+count('assigned', -1)
+count('active', 1)
+local f = rcall('HMGET', job, unpack(fields))
+return { id, f[1], f[2], f[3], f[4], f[5], f[6], f[7] }

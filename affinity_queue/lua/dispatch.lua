@@ -11,12 +11,45 @@
   KEYS: the shared table (see _shared.lua).
   ARGV[1]  fence: the caller's fencing number; the script does nothing unless it still leads
   ARGV[2]  budget: the most jobs to place in this call
-  Returns: {placed, more} where more = 1 when the budget ran out with work left;
+  Before placing, due delayed jobs join their tags (a relaxed retry at the front, a delayed task
+  at the end) and tags held by a strict retry whose delay has passed are let go.
+
+  Returns: {placed, more, next due} where more = 1 when the budget ran out with work left and
+           next due is how many ms until the earliest delayed job or held tag is due (-1 = none);
            ERR_NOT_LEADER (-2) when the fence is stale.
 ]]
 if not is_leader(ARGV[1]) then return ERR_NOT_LEADER end
 local budget = tonumber(ARGV[2])
 local cfg = load_config()
+local now = now_ms()
+local touched = {}
+local due = rcall('ZRANGEBYSCORE', K_DELAYED, '-inf', now, 'LIMIT', 0, budget)
+for _, id in ipairs(due) do
+  rcall('ZREM', K_DELAYED, id)
+  local f = rcall('HMGET', K_JOB .. id, 'tid', 'front')
+  if f[1] then
+    if f[2] == '1' then rcall('LPUSH', K_TAG .. f[1], id) else rcall('RPUSH', K_TAG .. f[1], id) end
+    rcall('HSET', K_JOB .. id, 'status', 'pending')
+    count('delayed', -1)
+    count('pending', 1)
+    touched[f[1]] = true
+  end
+end
+for _, tid in ipairs(rcall('ZRANGEBYSCORE', K_HELD, '-inf', now, 'LIMIT', 0, budget)) do
+  rcall('ZREM', K_HELD, tid)
+  touched[tid] = true
+end
+for tid in pairs(touched) do refresh_tag(tid, cfg) end
+
+local function next_due()
+  local a = tonumber(rcall('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')[2] or -1)
+  local b = tonumber(rcall('ZRANGE', K_HELD, 0, 0, 'WITHSCORES')[2] or -1)
+  if a < 0 and b < 0 then return -1 end
+  if a < 0 or (b >= 0 and b < a) then a = b end
+  return math.max(0, a - now)
+end
+
+if rcall('HGET', K_CONFIG, 'paused') == '1' then return { 0, 0, next_due() } end
 local placed = 0
 local more = 0
 -- Each round places a job or takes a tag out of the ready sets (refresh_tag), so rounds are
@@ -71,4 +104,4 @@ while true do
   end
   refresh_tag(tid, cfg)
 end
-return { placed, more }
+return { placed, more, next_due() }

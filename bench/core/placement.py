@@ -21,7 +21,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from affinity_queue.keys import QueueKeys, tag_id
-from affinity_queue.lua import Scripts
+from affinity_queue.lua import Scripts, TermConfig
 from affinity_queue.scheduler import DISPATCH_BUDGET
 
 from ..env import wait_until_rehashed
@@ -73,7 +73,12 @@ async def placement(url: str, admin: Redis, pending: int, tags: int, cfg: Config
     calls = max(1, cfg.placement_placed // per_call)
     try:
         fence = await scripts.elect(
-            secrets.token_hex(8), LONG_LEASE_MS, "bench", host, pid, MAX_BATCH, concurrency, {}
+            secrets.token_hex(8),
+            LONG_LEASE_MS,
+            "bench",
+            host,
+            pid,
+            TermConfig(max_batch=MAX_BATCH, concurrency=concurrency),
         )
         memory_before = int((await admin.info("memory"))["used_memory"])
         t = time.perf_counter()
@@ -92,7 +97,7 @@ async def placement(url: str, admin: Redis, pending: int, tags: int, cfg: Config
                 )
                 before = await _evalsha_usec(admin)
                 t = time.perf_counter()
-                got, _ = await scripts.dispatch(fence, DISPATCH_BUDGET)
+                got, _, _ = await scripts.dispatch(fence, DISPATCH_BUDGET)
                 walls_s.append(time.perf_counter() - t)
                 usecs.append(await _evalsha_usec(admin) - before)
                 if got != per_call:

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 
 from affinity_queue import JobNotActiveError, QueueUnavailableError
 from affinity_queue.keys import tag_id
-from affinity_queue.lua import Scripts
+from affinity_queue.lua import Scripts, TermConfig
 
 from . import ledger
 from .conftest import (
@@ -207,10 +207,10 @@ async def test_advance_retried_after_a_lost_reply_strands_no_job(redis_factory, 
     client = aioredis.Redis.from_url(server.url, decode_responses=True)
     try:
         scripts = Scripts(client, settings.keys, "default")
-        fence = await scripts.elect("token", 60_000, "node", "host", 1, 10, 1, {})
+        fence = await scripts.elect("token", 60_000, "node", "host", 1, TermConfig(max_batch=10))
         await scripts.register("w1", 60_000, "host", 1, "epoch")
         await scripts.add([("work", "t", tag_id("t"), f'{{"seq": {i}}}') for i in range(3)])
-        assert await scripts.dispatch(fence, 100) == (3, False)
+        assert (await scripts.dispatch(fence, 100))[:2] == (3, False)
 
         first = await scripts.advance("w1", "", "", "", True)  # its reply is "lost"
         again = await scripts.advance("w1", "", "", "", True)

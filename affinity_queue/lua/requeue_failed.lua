@@ -1,0 +1,23 @@
+--[[
+  requeue_failed: put a dead letter back at the front of its tag, with its attempts starting over.
+
+  Atomic because leaving the dead-letter set and entering the tag must be one step: a job in both
+  or in neither would run twice or never.
+
+  KEYS: the shared table (see _shared.lua).
+  ARGV[1]  job id
+  Returns: 1 when requeued, 0 when the job is not a dead letter.
+]]
+local id = ARGV[1]
+if rcall('ZREM', K_FAILED, id) == 0 then return 0 end
+local job = K_JOB .. id
+local tid = rcall('HGET', job, 'tid')
+if not tid then return 0 end
+rcall('PERSIST', job)
+rcall('HSET', job, 'status', 'pending', 'attempts', 0, 'worker', '')
+rcall('HDEL', job, 'finished', 'error', 'due', 'front', 'cancel')
+rcall('LPUSH', K_TAG .. tid, id)
+count('pending', 1)
+refresh_tag(tid, load_config())
+wake_scheduler_if_work()
+return 1
