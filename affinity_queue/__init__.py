@@ -5,13 +5,18 @@ from .errors import (
     AffinityQueueError,
     DataLostError,
     InvalidTaskError,
+    JobFailedError,
     JobNotActiveError,
     LeaseLostError,
     LifecycleError,
     NotLeaderError,
     PayloadTooLargeError,
+    PermanentFailure,
     QueueUnavailableError,
+    Retry,
     ScriptError,
+    TagBacklogFullError,
+    UnknownJobError,
     UnknownQueueError,
 )
 from .fastapi import (
@@ -24,10 +29,20 @@ from .fastapi import (
     get_worker,
     get_worker_service,
 )
-from .models import Job, JobContext, JobError, JobStatus, LeaderInfo, QueueStats, Task, WorkerState
+from .models import (
+    CancelOutcome,
+    Job,
+    JobContext,
+    JobError,
+    JobStatus,
+    LeaderInfo,
+    QueueStats,
+    Task,
+    WorkerState,
+)
 from .queue import QueueService
 from .scheduler import Scheduler
-from .settings import QueueSettings, Role, TagConcurrency
+from .settings import QueueSettings, RetryOrder, Role, TagConcurrency
 from .worker import WorkerService
 
 __version__ = "0.1.0"
@@ -36,11 +51,13 @@ __all__ = [
     "AffinityQueue",
     "AffinityQueueDep",
     "AffinityQueueError",
+    "CancelOutcome",
     "DataLostError",
     "InvalidTaskError",
     "Job",
     "JobContext",
     "JobError",
+    "JobFailedError",
     "JobNotActiveError",
     "JobStatus",
     "LeaderInfo",
@@ -48,16 +65,21 @@ __all__ = [
     "LifecycleError",
     "NotLeaderError",
     "PayloadTooLargeError",
+    "PermanentFailure",
     "QueueService",
     "QueueServiceDep",
     "QueueSettings",
     "QueueStats",
     "QueueUnavailableError",
+    "Retry",
+    "RetryOrder",
     "Role",
     "Scheduler",
     "ScriptError",
+    "TagBacklogFullError",
     "TagConcurrency",
     "Task",
+    "UnknownJobError",
     "UnknownQueueError",
     "WorkerService",
     "WorkerServiceDep",

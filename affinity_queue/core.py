@@ -163,9 +163,11 @@ class AffinityQueue:
     def settings(self, name: str = DEFAULT_QUEUE) -> QueueSettings:
         return self._get(name).settings
 
-    def handler(self, type: str, *, queue: str = DEFAULT_QUEUE) -> Callable[[HandlerT], HandlerT]:
+    def handler(
+        self, type: str, *, queue: str = DEFAULT_QUEUE, timeout_s: float | None = None
+    ) -> Callable[[HandlerT], HandlerT]:
         """Register the decorated function as the handler of ``type`` on ``queue``."""
-        return self.worker(queue).handler(type)
+        return self.worker(queue).handler(type, timeout_s=timeout_s)
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:

@@ -128,11 +128,7 @@ class QueueService:
                 if existing is not None:
                     return [existing]
             created = datetime.fromtimestamp(added.now_ms / 1000, UTC)
-            run_at = (
-                datetime.fromtimestamp((added.now_ms + options.delay_ms) / 1000, UTC)
-                if options.delay_ms
-                else None
-            )
+            run_at = datetime.fromtimestamp(added.due_ms / 1000, UTC) if added.due_ms else None
             jobs.extend(
                 Job.model_construct(
                     id=str(added.first_id + i),
@@ -166,10 +162,8 @@ class QueueService:
         s = self.settings
         if delay_s is not None and run_at is not None:
             raise InvalidTaskError("give delay_s or run_at, not both", field="run_at")
-        if run_at is not None:
-            if run_at.tzinfo is None:
-                raise InvalidTaskError("run_at must be timezone-aware", field="run_at")
-            delay_s = (run_at - datetime.now(UTC)).total_seconds()
+        if run_at is not None and run_at.tzinfo is None:
+            raise InvalidTaskError("run_at must be timezone-aware", field="run_at")
         if max_attempts is not None and max_attempts < 1:
             raise InvalidTaskError("max_attempts must be at least 1", field="max_attempts")
         if backoff_ms is not None and backoff_ms < 0:
@@ -179,6 +173,7 @@ class QueueService:
             backoff_ms=s.retry_backoff_ms if backoff_ms is None else backoff_ms,
             timeout_ms=_positive_ms(timeout_s, "timeout_s") if timeout_s is not None else 0,
             delay_ms=max(0, round((delay_s or 0) * 1000)),
+            run_at_ms=round(run_at.timestamp() * 1000) if run_at is not None else 0,
             max_pending_per_tag=s.max_pending_per_tag,
         )
 

@@ -147,9 +147,7 @@ class WorkerService:
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
         self._stopping = False
-        self._executor = ThreadPoolExecutor(
-            max_workers=self.settings.worker_count, thread_name_prefix=f"aq-{self.name}"
-        )
+        self._executor = self._new_executor()
         self._tasks = [
             asyncio.create_task(self._run_slot(slot), name=f"aq-worker-{self.name}-{slot}")
             for slot in range(self.settings.worker_count)
@@ -306,6 +304,8 @@ class WorkerService:
         except Exception as exc:  # a handler's failure is the job's outcome, not the worker's
             if isinstance(exc, TimeoutError):
                 exc = TimeoutError(f"the handler of {job.type!r} ran past {timeout_s} s")
+                if not handler.is_async:
+                    self._replace_executor()
             return self._failure(job, exc)
         finally:
             self._running.pop(job.id, None)
@@ -322,6 +322,18 @@ class WorkerService:
                     f"JSON-serialisable: {exc}",
                 ),
             )
+
+    def _replace_executor(self) -> None:
+        """An abandoned sync handler keeps its thread: later ones get a fresh pool, and the old
+        one ends when its threads return."""
+        old, self._executor = self._executor, self._new_executor()
+        if old is not None:
+            old.shutdown(wait=False)
+
+    def _new_executor(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(
+            max_workers=self.settings.worker_count, thread_name_prefix=f"aq-{self.name}"
+        )
 
     def _failure(self, job: RawJob, exc: Exception) -> _Outcome:
         """A failed run: retried while attempts are left (after the handler's requested delay,

@@ -89,6 +89,7 @@ class AddOptions:
     backoff_ms: int = 1000
     timeout_ms: int = 0
     delay_ms: int = 0
+    run_at_ms: int = 0  # since the epoch; wins over delay_ms
     dedupe_key: str = ""  # hex-encoded
     dedupe_ttl_ms: int = 0
     max_pending_per_tag: int = 0
@@ -99,6 +100,7 @@ class Added:
     first_id: int
     now_ms: int
     deduplicated: bool
+    due_ms: int  # 0 = due now
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +155,7 @@ class Scripts:
             o.backoff_ms,
             o.timeout_ms,
             o.delay_ms,
+            o.run_at_ms,
             o.dedupe_key,
             o.dedupe_ttl_ms,
             o.max_pending_per_tag,
@@ -160,8 +163,8 @@ class Scripts:
         )
         if int(reply[0]) == ScriptCode.TAG_FULL:
             raise TagBacklogFullError(tag_from_id(reply[1]), o.max_pending_per_tag)
-        first, now_ms, deduplicated = reply
-        return Added(int(first), int(now_ms), bool(deduplicated))
+        first, now_ms, deduplicated, due_ms = reply
+        return Added(int(first), int(now_ms), bool(deduplicated), int(due_ms))
 
     async def dispatch(self, fence: int, budget: int) -> tuple[int, bool, int]:
         """Returns (placed, more work waiting, ms until the next delayed job or held tag is due,

@@ -13,26 +13,29 @@
   ARGV[3]  retry backoff base in ms
   ARGV[4]  timeout in ms (0 = none)
   ARGV[5]  delay in ms before the tasks are due (0 = due now)
-  ARGV[6]  deduplication key, hex-encoded ('' = none; only with n = 1)
-  ARGV[7]  deduplication window in ms
-  ARGV[8]  most pending tasks a tag may hold (0 = no limit)
-  ARGV[9 + 4i..] for task i (0-based): type, identify_tag, tag id (hex), payload (JSON text)
-  Returns: {id of the first job (the others follow consecutively), Redis time in ms, 0};
+  ARGV[6]  or the time they are due, in ms since the epoch (0 = use the delay); a time in the
+           past means now
+  ARGV[7]  deduplication key, hex-encoded ('' = none; only with n = 1)
+  ARGV[8]  deduplication window in ms
+  ARGV[9]  most pending tasks a tag may hold (0 = no limit)
+  ARGV[10 + 4i..] for task i (0-based): type, identify_tag, tag id (hex), payload (JSON text)
+  Returns: {id of the first job (the others follow consecutively), Redis time in ms, 0,
+           due time in ms (0 = due now)};
            {id of the existing job, time, 1} when the deduplication key is still taken;
            {ERR_TAG_FULL (-5), tag id} when a tag would exceed its limit (nothing written).
 ]]
 local n = tonumber(ARGV[1])
 local now = now_ms()
-local dedupe = ARGV[6]
+local dedupe = ARGV[7]
 if dedupe ~= '' then
   local existing = rcall('GET', K_DEDUPE .. dedupe)
-  if existing then return { existing, now, 1 } end
+  if existing then return { existing, now, 1, 0 } end
 end
-local limit = tonumber(ARGV[8])
+local limit = tonumber(ARGV[9])
 if limit > 0 then
   local adding = {}
   for i = 0, n - 1 do
-    local tid = ARGV[11 + i * 4]
+    local tid = ARGV[12 + i * 4]
     adding[tid] = (adding[tid] or 0) + 1
   end
   for tid, k in pairs(adding) do
@@ -40,32 +43,35 @@ if limit > 0 then
   end
 end
 local first = rcall('INCRBY', K_SEQ, n) - n + 1
-local delay = tonumber(ARGV[5])
+local due = now + tonumber(ARGV[5])
+if tonumber(ARGV[6]) > 0 then due = tonumber(ARGV[6]) end
+local delayed = due > now
 local status = 'pending'
-if delay > 0 then status = 'delayed' end
+if delayed then status = 'delayed' end
 local fresh = {}
 for i = 0, n - 1 do
-  local b = 9 + i * 4
+  local b = 10 + i * 4
   local id = int(first + i)
   local tid = ARGV[b + 2]
   rcall('HSET', K_JOB .. id, 'type', ARGV[b], 'tag', ARGV[b + 1], 'tid', tid,
     'payload', ARGV[b + 3], 'status', status, 'attempts', 0, 'created', now,
     'max_attempts', ARGV[2], 'backoff', ARGV[3], 'timeout', ARGV[4])
-  if delay > 0 then
-    rcall('HSET', K_JOB .. id, 'due', now + delay)
-    rcall('ZADD', K_DELAYED, now + delay, id)
+  if delayed then
+    rcall('HSET', K_JOB .. id, 'due', due)
+    rcall('ZADD', K_DELAYED, due, id)
   elseif rcall('RPUSH', K_TAG .. tid, id) == 1 then
     fresh[tid] = true
   end
 end
-if dedupe ~= '' then rcall('SET', K_DEDUPE .. dedupe, int(first), 'PX', ARGV[7]) end
+if dedupe ~= '' then rcall('SET', K_DEDUPE .. dedupe, int(first), 'PX', ARGV[8]) end
 count(status, n)
 -- Only a tag whose list was empty changes readiness: elsewhere the head is unchanged.
 local cfg = load_config()
 for tid in pairs(fresh) do refresh_tag(tid, cfg) end
-if delay > 0 then
+if delayed then
   if rcall('LLEN', K_WAKE) == 0 then rcall('RPUSH', K_WAKE, '1') end  -- to re-plan its sleep
 else
   wake_scheduler_if_work()
 end
-return { first, now, 0 }
+if not delayed then due = 0 end
+return { first, now, 0, due }
