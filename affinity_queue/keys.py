@@ -1,10 +1,14 @@
 """The only module that spells Redis key names.
 
 Every key of a queue carries the queue's hash tag ``{<pending_queue_name>}``, so all of a queue's
-keys live in one Redis Cluster slot and a multi-key script never crosses slots. Keys that exist per
-tag, per job or per worker are *families*: the scripts receive the family's prefix in ``KEYS`` and
-append an id that this module (or a script reading ids that this module wrote) produced. That is
-the one place where a script extends a key name, and it cannot leave the queue's slot.
+keys live in one Redis Cluster slot and a multi-key script never crosses slots.
+
+Scripts receive three prefixes in ``KEYS`` (the queue's, and the worker queue and worker state
+prefixes, all carrying the hash tag) and name every key through Lua locals that
+:func:`lua_key_names` generates from the tables below, so key names are spelled here only and a
+call sends three short arguments, not one per key. Keys that exist per tag, per job or per worker
+are *families*: the script appends an id that this module (or a script reading ids that this
+module wrote) produced. No key a script builds can leave the queue's slot.
 
 Tags are user input of any shape (``a:b``, ``{x}``, ``*``, newlines, emoji, long strings), so a tag
 never appears raw in a key: :func:`tag_id` hex-encodes it. Hex is reversible (no two tags collide)
@@ -30,6 +34,49 @@ def tag_from_id(tid: str) -> str:
     return bytes.fromhex(tid).decode()
 
 
+# (Lua name, suffix after "{queue}:", what it holds). The order is the order of the Lua locals.
+QUEUE_KEYS: tuple[tuple[str, str, str], ...] = (
+    ("K_JOB", "job:", "per job id: hash type tag tid payload status worker attempts ..."),
+    ("K_TAG", "tag:", "per tag id: list of its pending job ids, oldest first"),
+    ("K_BOUND", "bound:", "per tag id: zset of the workers bound to it, score = batch taken"),
+    ("K_DEDUPE", "dedupe:", "per hex deduplication key: the id of the job it admitted"),
+    ("K_SEQ", "seq", "string: the last job id"),
+    ("K_COUNTS", "counts", "hash: pending delayed assigned active, and outcome totals"),
+    ("K_READY_BOUND", "ready:bound", "zset: tags with work and a bound worker with room"),
+    ("K_READY_NEW", "ready:new", "zset: tags with work that may bind one more worker"),
+    ("K_IDLE", "idle", "zset: idle worker ids, score = when they became idle (ms)"),
+    ("K_WORKERS", "workers", "zset: live worker ids, score = lease expiry (Redis ms)"),
+    ("K_WAKE", "wake", "list: non-empty when the scheduler has placement work"),
+    ("K_CONFIG", "config", "hash: the leader's scheduling and retention settings, paused"),
+    ("K_LIMITS", "limits", "hash: tag id -> concurrency limit"),
+    ("K_LEADER", "leader", "hash: token fence node host pid since heartbeat (the lease)"),
+    ("K_FENCE", "fence", "string: the last fencing number handed out"),
+    ("K_ELECTION", "election", "list: pushed when a leader steps down"),
+    ("K_EPOCH", "epoch", "string: id of this data set; gone = Redis lost the data"),
+    ("K_TURNS", "turns", "hash: tag id -> seq when it last gave up a worker with work left"),
+    ("K_DELAYED", "delayed", "zset: job ids not yet due, score = due (ms)"),
+    ("K_HELD", "held", "zset: tag ids held until a strict retry is due (ms)"),
+    ("K_COMPLETED", "completed", "zset: retention index of completed/cancelled jobs"),
+    ("K_FAILED", "failed", "zset: dead letters, score = finish (ms)"),
+    ("K_PAUSED_TAGS", "paused-tags", "set: paused tag ids"),
+    ("K_DONE", "done", "Pub/Sub channel: ids of finished jobs somebody waits for"),
+)
+_SUFFIX = {lua: suffix for lua, suffix, _ in QUEUE_KEYS}
+WAKE_SUFFIX = "wake:"
+"""Per-worker wake lists live under the worker state prefix: ``<state prefix>wake:<worker>``."""
+
+
+def lua_key_names() -> str:
+    """The Lua locals that name every key, prepended to each script (see lua/__init__.py)."""
+    lines = [f"local {lua} = KEYS[1] .. '{suffix}'  -- {doc}" for lua, suffix, doc in QUEUE_KEYS]
+    lines += [
+        "local K_WQ = KEYS[2]  -- per worker id: list of its assigned job ids, in order",
+        "local K_WS = KEYS[3]  -- per worker id: hash status tid tag batch active host pid",
+        f"local K_WAKEW = KEYS[3] .. '{WAKE_SUFFIX}'  -- per worker id: list, its wake-ups",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 @dataclass(frozen=True, slots=True)
 class QueueKeys:
     """Key names of one queue. ``script_keys`` is the ``KEYS`` table every script receives."""
@@ -42,171 +89,52 @@ class QueueKeys:
     def base(self) -> str:
         return "{" + self.pending_queue_name + "}"
 
-    # Families (a prefix; the script appends an id).
     @property
-    def job_prefix(self) -> str:
-        return f"{self.base}:job:"
+    def queue_prefix(self) -> str:
+        return f"{self.base}:"
 
-    @property
-    def tag_prefix(self) -> str:
-        """Per tag: its pending job ids, oldest first."""
-        return f"{self.base}:tag:"
-
-    @property
-    def bound_prefix(self) -> str:
-        """Per tag: sorted set of the workers bound to it, scored by the batch each has taken."""
-        return f"{self.base}:bound:"
+    def _key(self, lua: str) -> str:
+        return self.queue_prefix + _SUFFIX[lua]
 
     @property
     def worker_queue_prefix_key(self) -> str:
-        """Per worker: the job ids assigned to it, in order."""
         return f"{self.worker_queue_prefix}:{self.base}:"
 
     @property
     def worker_state_prefix_key(self) -> str:
-        """Per worker: its state hash (status, tag, batch, active job)."""
         return f"{self.worker_state_prefix}:{self.base}:"
 
     @property
-    def worker_wake_prefix(self) -> str:
-        """Per worker: a list the scheduler pushes to when it binds the (idle) worker."""
-        return f"{self.worker_state_prefix}:{self.base}:wake:"
+    def script_keys(self) -> tuple[str, str, str]:
+        """``KEYS`` for every script, in the order :func:`lua_key_names` reads them."""
+        return (self.queue_prefix, self.worker_queue_prefix_key, self.worker_state_prefix_key)
 
-    # Single keys.
+    # Families (a prefix; an id follows).
     @property
-    def seq(self) -> str:
-        return f"{self.base}:seq"
-
-    @property
-    def counts(self) -> str:
-        return f"{self.base}:counts"
+    def job_prefix(self) -> str:
+        return self._key("K_JOB")
 
     @property
-    def ready_bound(self) -> str:
-        """Tags with pending jobs and a bound worker with room, scored by their head job id."""
-        return f"{self.base}:ready:bound"
+    def tag_prefix(self) -> str:
+        return self._key("K_TAG")
 
     @property
-    def ready_new(self) -> str:
-        """Tags with pending jobs that may take one more (idle) worker, scored by head job id."""
-        return f"{self.base}:ready:new"
-
-    @property
-    def idle(self) -> str:
-        return f"{self.base}:idle"
-
-    @property
-    def workers(self) -> str:
-        """Index of live workers, scored by the Redis time (ms) their lease expires."""
-        return f"{self.base}:workers"
-
-    @property
-    def wake(self) -> str:
-        """The scheduler's wake-up list: non-empty when placement work may be waiting."""
-        return f"{self.base}:wake"
-
-    @property
-    def config(self) -> str:
-        return f"{self.base}:config"
-
-    @property
-    def limits(self) -> str:
-        """Per-tag concurrency overrides (tag id -> limit), written by the leader."""
-        return f"{self.base}:limits"
-
-    @property
-    def leader(self) -> str:
-        return f"{self.base}:leader"
-
-    @property
-    def fence(self) -> str:
-        return f"{self.base}:fence"
-
-    @property
-    def election(self) -> str:
-        """Pushed to when a leader steps down, so a standby takes over at once."""
-        return f"{self.base}:election"
-
-    @property
-    def epoch(self) -> str:
-        """Written once per data set; its disappearance means Redis lost the queue's data."""
-        return f"{self.base}:epoch"
-
-    @property
-    def turns(self) -> str:
-        """Tag id -> the job sequence number at which the tag last gave up a worker with work
-        left: it ranks behind every job added before then (see refresh_tag)."""
-        return f"{self.base}:turns"
-
-    @property
-    def delayed(self) -> str:
-        """Job ids not yet due (delayed tasks, relaxed retries), scored by due time (ms)."""
-        return f"{self.base}:delayed"
-
-    @property
-    def held(self) -> str:
-        """Tag ids held back until a strict retry at their head is due, scored by due time."""
-        return f"{self.base}:held"
-
-    @property
-    def completed(self) -> str:
-        """Retention index of completed (and cancelled) jobs, scored by finish time (ms)."""
-        return f"{self.base}:completed"
-
-    @property
-    def failed(self) -> str:
-        """Dead letters: failed job ids, scored by finish time (ms)."""
-        return f"{self.base}:failed"
-
-    @property
-    def paused_tags(self) -> str:
-        return f"{self.base}:paused-tags"
+    def bound_prefix(self) -> str:
+        return self._key("K_BOUND")
 
     @property
     def dedupe_prefix(self) -> str:
-        """Per deduplication key (hex-encoded): the id of the job it admitted."""
-        return f"{self.base}:dedupe:"
+        return self._key("K_DEDUPE")
 
     @property
-    def done_channel(self) -> str:
-        """Pub/Sub channel: the ids of finished jobs somebody waits for."""
-        return f"{self.base}:done"
-
-    @property
-    def script_keys(self) -> tuple[str, ...]:
-        """``KEYS`` for every script, in the order ``lua/_shared.lua`` unpacks them."""
-        return (
-            self.job_prefix,
-            self.tag_prefix,
-            self.bound_prefix,
-            self.worker_queue_prefix_key,
-            self.worker_state_prefix_key,
-            self.worker_wake_prefix,
-            self.seq,
-            self.counts,
-            self.ready_bound,
-            self.ready_new,
-            self.idle,
-            self.workers,
-            self.wake,
-            self.config,
-            self.limits,
-            self.leader,
-            self.fence,
-            self.election,
-            self.epoch,
-            self.turns,
-            self.delayed,
-            self.held,
-            self.completed,
-            self.failed,
-            self.paused_tags,
-            self.dedupe_prefix,
-            self.done_channel,
-        )
+    def worker_wake_prefix(self) -> str:
+        return self.worker_state_prefix_key + WAKE_SUFFIX
 
     def job(self, job_id: str) -> str:
         return self.job_prefix + job_id
+
+    def tag_queue(self, identify_tag: str) -> str:
+        return self.tag_prefix + tag_id(identify_tag)
 
     def worker_state(self, worker_id: str) -> str:
         return self.worker_state_prefix_key + worker_id
@@ -217,8 +145,50 @@ class QueueKeys:
     def worker_wake(self, worker_id: str) -> str:
         return self.worker_wake_prefix + worker_id
 
-    def tag_queue(self, identify_tag: str) -> str:
-        return self.tag_prefix + tag_id(identify_tag)
+    # Single keys read from Python.
+    @property
+    def seq(self) -> str:
+        return self._key("K_SEQ")
+
+    @property
+    def counts(self) -> str:
+        return self._key("K_COUNTS")
+
+    @property
+    def workers(self) -> str:
+        return self._key("K_WORKERS")
+
+    @property
+    def wake(self) -> str:
+        return self._key("K_WAKE")
+
+    @property
+    def config(self) -> str:
+        return self._key("K_CONFIG")
+
+    @property
+    def leader(self) -> str:
+        return self._key("K_LEADER")
+
+    @property
+    def election(self) -> str:
+        return self._key("K_ELECTION")
+
+    @property
+    def epoch(self) -> str:
+        return self._key("K_EPOCH")
+
+    @property
+    def failed(self) -> str:
+        return self._key("K_FAILED")
+
+    @property
+    def completed(self) -> str:
+        return self._key("K_COMPLETED")
+
+    @property
+    def done_channel(self) -> str:
+        return self._key("K_DONE")
 
     @property
     def scan_patterns(self) -> tuple[str, ...]:

@@ -24,7 +24,7 @@ from ..errors import (
     ScriptError,
     TagBacklogFullError,
 )
-from ..keys import QueueKeys, tag_from_id
+from ..keys import QueueKeys, lua_key_names, tag_from_id
 
 SCRIPT_NAMES = (
     "add",
@@ -48,9 +48,14 @@ SCRIPT_NAMES = (
 
 @cache
 def script_source(name: str) -> str:
-    """The text sent to Redis for one operation: the shared prelude, then the operation."""
+    """The text sent to Redis for one operation: the key names, the shared prelude, then the
+    operation."""
     lua = files(__package__)
-    return lua.joinpath("_shared.lua").read_text() + lua.joinpath(f"{name}.lua").read_text()
+    return (
+        lua_key_names()
+        + lua.joinpath("_shared.lua").read_text()
+        + lua.joinpath(f"{name}.lua").read_text()
+    )
 
 
 @dataclass(frozen=True, slots=True)

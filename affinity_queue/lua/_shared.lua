@@ -2,35 +2,12 @@
   Shared prelude: the loader prepends this file to every script, so the rules that several
   operations apply (when a tag is ready, how a worker gives back its jobs) exist once.
 
-  KEYS (the same table for every script, built by affinity_queue/keys.py QueueKeys.script_keys):
-    KEYS[1]  job prefix        .. job id     -> hash: type tag tid payload status worker attempts
-                                                created started finished result error
-    KEYS[2]  tag prefix        .. tag id     -> list: pending job ids of the tag, oldest first
-    KEYS[3]  bound prefix      .. tag id     -> zset: workers bound to the tag, score = batch taken
-    KEYS[4]  worker queue pfx  .. worker id  -> list: job ids assigned to the worker, in order
-    KEYS[5]  worker state pfx  .. worker id  -> hash: status tid tag batch active host pid since
-    KEYS[6]  worker wake pfx   .. worker id  -> list: pushed when the idle worker gets bound
-    KEYS[7]  seq       string: last job id
-    KEYS[8]  counts    hash: pending assigned active completed failed
-    KEYS[9]  ready:bound  zset: tag ids with pending jobs and a bound worker with room, score = head id
-    KEYS[10] ready:new    zset: tag ids with pending jobs that may bind one more worker, score = head id
-    KEYS[11] idle      zset: idle worker ids, score = when they became idle (ms)
-    KEYS[12] workers   zset: live worker ids, score = lease expiry (Redis time, ms)
-    KEYS[13] wake      list: non-empty when the scheduler has placement work
-    KEYS[14] config    hash: max_batch concurrency (written by the leader)
-    KEYS[15] limits    hash: tag id -> concurrency limit
-    KEYS[16] leader    hash: token fence node host pid since heartbeat (expires with the lease)
-    KEYS[17] fence     string: last fencing number handed out
-    KEYS[18] election  list: pushed when a leader steps down
-    KEYS[19] epoch     string: id of this data set
-    KEYS[20] turns     hash: tag id -> seq when the tag last released a worker with work left
-    KEYS[21] delayed   zset: job ids not yet due, score = due time (ms)
-    KEYS[22] held      zset: tag ids held until a strict retry at their head is due (ms)
-    KEYS[23] completed zset: retention index of completed and cancelled jobs, score = finish ms
-    KEYS[24] failed    zset: dead letters, score = finish ms
-    KEYS[25] paused-tags  set: paused tag ids
-    KEYS[26] dedupe prefix .. hex(key) -> string: id of the job the key admitted (expires)
-    KEYS[27] done      Pub/Sub channel: ids of finished jobs that somebody waits for
+  KEYS (the same three for every script, built by affinity_queue/keys.py QueueKeys.script_keys):
+    KEYS[1]  the queue's prefix "{name}:"
+    KEYS[2]  the worker queue prefix "<WORKER_QUEUE_PREFIX>:{name}:"
+    KEYS[3]  the worker state prefix "<WORKER_STATE_PREFIX>:{name}:"
+  The loader prepends the K_* locals that name every key from these (keys.py lua_key_names,
+  which also says what each key holds); scripts use those names, never KEYS[i].
 
   In the counts hash, pending delayed assigned active are current numbers; completed failed
   cancelled count outcomes since the queue began.
@@ -39,13 +16,6 @@
   clock is what makes that comparison sound.
 ]]
 local rcall = redis.call
-local K_JOB, K_TAG, K_BOUND, K_WQ, K_WS, K_WAKEW = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local K_SEQ, K_COUNTS, K_READY_BOUND, K_READY_NEW = KEYS[7], KEYS[8], KEYS[9], KEYS[10]
-local K_IDLE, K_WORKERS, K_WAKE, K_CONFIG, K_LIMITS = KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15]
-local K_LEADER, K_FENCE, K_ELECTION, K_EPOCH = KEYS[16], KEYS[17], KEYS[18], KEYS[19]
-local K_TURNS, K_DELAYED, K_HELD, K_COMPLETED, K_FAILED = KEYS[20], KEYS[21], KEYS[22], KEYS[23], KEYS[24]
-local K_PAUSED_TAGS, K_DEDUPE, K_DONE = KEYS[25], KEYS[26], KEYS[27]
-
 local ERR_LEASE_LOST = -1
 local ERR_NOT_LEADER = -2
 local ERR_NOT_ACTIVE = -3

@@ -17,7 +17,7 @@
            past means now
   ARGV[7]  deduplication key, hex-encoded ('' = none; only with n = 1)
   ARGV[8]  deduplication window in ms
-  ARGV[9]  most pending tasks a tag may hold (0 = no limit)
+  ARGV[9]  most tasks of one tag that may wait to start (0 = no limit)
   ARGV[10 + 4i..] for task i (0-based): type, identify_tag, tag id (hex), payload (JSON text)
   Returns: {id of the first job (the others follow consecutively), Redis time in ms, 0,
            due time in ms (0 = due now)};
@@ -39,7 +39,13 @@ if limit > 0 then
     adding[tid] = (adding[tid] or 0) + 1
   end
   for tid, k in pairs(adding) do
-    if rcall('LLEN', K_TAG .. tid) + k > limit then return { ERR_TAG_FULL, tid } end
+    -- Waiting = not started: in the tag's list, or queued to a worker bound to the tag (a
+    -- bound worker's queue holds only that tag's jobs). Computed here, off the hot path.
+    local waiting = rcall('LLEN', K_TAG .. tid)
+    for _, w in ipairs(rcall('ZRANGE', K_BOUND .. tid, 0, -1)) do
+      waiting = waiting + rcall('LLEN', K_WQ .. w)
+    end
+    if waiting + k > limit then return { ERR_TAG_FULL, tid } end
   end
 end
 local first = rcall('INCRBY', K_SEQ, n) - n + 1

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from affinity_queue import AffinityQueue, JobContext
-from affinity_queue.keys import QueueKeys
+from affinity_queue.keys import QueueKeys, lua_key_names
 from affinity_queue.lua import SCRIPT_NAMES, script_source
 
 from ..support import drained, wait_for
@@ -68,15 +68,20 @@ def test_script_header_documents_purpose_keys_and_every_argv(name: str) -> None:
 
 
 def test_shared_prelude_documents_every_key_in_the_order_keys_py_passes_them() -> None:
-    header, code = split("_shared")
+    header, _ = split("_shared")
     n_keys = len(QueueKeys("q", "wq", "ws").script_keys)
     documented = [int(n) for n in re.findall(r"KEYS\[(\d+)\]", header)]
-    used = sorted({int(n) for n in re.findall(r"KEYS\[(\d+)\]", code)})
     assert documented == list(range(1, n_keys + 1))
-    assert used == list(range(1, n_keys + 1))
-    for name in OPERATIONS:
+    names = lua_key_names()
+    assert sorted({int(n) for n in re.findall(r"KEYS\[(\d+)\]", names)}) == list(
+        range(1, n_keys + 1)
+    )
+    for name in [*OPERATIONS, "_shared"]:
         _, op_code = split(name)
-        assert "KEYS[" not in op_code, f"{name}.lua indexes KEYS itself; use the prelude's names"
+        assert "KEYS[" not in op_code, f"{name}.lua indexes KEYS itself; use the K_* names"
+    defined = set(re.findall(r"local (K_\w+) =", names))
+    used = {k for name in [*OPERATIONS, "_shared"] for k in re.findall(r"\bK_\w+", split(name)[1])}
+    assert used <= defined, f"scripts use undefined key names: {used - defined}"
 
 
 @pytest.mark.parametrize("name", [*OPERATIONS, "_shared"])
