@@ -8,6 +8,7 @@ import contextlib
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
+from .aio import cancel_and_wait
 from .retry import RedisTrouble
 
 
@@ -72,9 +73,7 @@ class Waiters:
 
     async def aclose(self) -> None:
         if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, *RedisTrouble):
-                await self._reader
+            await cancel_and_wait([self._reader])
         if self._pubsub is not None:
             with contextlib.suppress(*RedisTrouble):
                 await self._pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -207,6 +207,8 @@ class QueueService:
     async def list_failed(self, offset: int = 0, limit: int = 100) -> list[Job]:
         """Dead letters, newest first: jobs that ran out of attempts or failed permanently."""
         self._check_open()
+        if limit <= 0 or offset < 0:
+            return []
         ids: list[str] = await self._guard(
             self._redis.zrevrange(self._keys.failed, offset, offset + limit - 1)  # type: ignore[arg-type]
         )

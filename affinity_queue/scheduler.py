@@ -21,6 +21,7 @@ from typing import TypeVar
 
 from redis.asyncio import Redis
 
+from .aio import cancel_and_wait
 from .errors import NotLeaderError
 from .keys import tag_id
 from .lua import Scripts, TermConfig
@@ -83,8 +84,7 @@ class Scheduler:
         """Stop scheduling; a leader resigns so a standby takes over at once."""
         self._stopping = True
         if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait([self._task])
             self._task = None
         # Not `if self._fence`: cancelling the term's task already reset it to 0. Resigning is
         # compare-and-delete on our token, so it does nothing when this node does not lead.
@@ -138,8 +138,7 @@ class Scheduler:
             await self._recover(sweep=True)  # startup recovery comes before the first placement
             await self._dispatch_loop()
         finally:
-            renewing.cancel()
-            await asyncio.gather(renewing, return_exceptions=True)
+            await cancel_and_wait([renewing])
 
     async def _renew_loop(self) -> None:
         s = self.settings

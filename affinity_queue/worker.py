@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 
+from .aio import cancel_and_wait
 from .errors import DataLostError, JobNotActiveError, LeaseLostError, PermanentFailure, Retry
 from .lua import RawJob, Scripts
 from .models import JobContext
@@ -168,11 +169,7 @@ class WorkerService:
                 await self._redis.rpush(self._keys.worker_wake(wid), "stop")
         grace_s = self.settings.shutdown_grace_period_ms / 1000
         _, late = await asyncio.wait(slots, timeout=grace_s)
-        for task in late:
-            task.cancel()
-        await asyncio.gather(*late, return_exceptions=True)
-        heartbeat.cancel()
-        await asyncio.gather(heartbeat, return_exceptions=True)
+        await cancel_and_wait([*late, heartbeat])
         for wid in list(self._worker_ids.values()):
             # A lost lease means the leader already recovered it; with Redis gone, it expires.
             with contextlib.suppress(LeaseLostError, *RedisTrouble):
@@ -289,20 +286,22 @@ class WorkerService:
             else handler.timeout_s or (self.settings.task_timeout_ms / 1000 or None)
         )
         self._running[job.id] = ctx
+        deadline = asyncio.timeout(timeout_s)
         try:
-            if handler.is_async:
-                run = handler.fn(*args)
-            else:
-                loop = asyncio.get_running_loop()
-                # On timeout the thread is abandoned: its late result is ignored.
-                run = loop.run_in_executor(self._executor, partial(handler.fn, *args))
-            result = await asyncio.wait_for(run, timeout_s)
+            async with deadline:
+                if handler.is_async:
+                    result = await handler.fn(*args)
+                else:
+                    loop = asyncio.get_running_loop()
+                    # On timeout the thread is abandoned: its late result is ignored.
+                    run = partial(handler.fn, *args)
+                    result = await loop.run_in_executor(self._executor, run)
         except asyncio.CancelledError:
             raise
         except PermanentFailure as exc:
             return _Outcome("failed", _error_json(job.attempts, exc))
         except Exception as exc:  # a handler's failure is the job's outcome, not the worker's
-            if isinstance(exc, TimeoutError):
+            if isinstance(exc, TimeoutError) and deadline.expired():
                 exc = TimeoutError(f"the handler of {job.type!r} ran past {timeout_s} s")
                 if not handler.is_async:
                     self._replace_executor()

@@ -29,7 +29,8 @@ local now = now_ms()
 local dedupe = ARGV[7]
 if dedupe ~= '' then
   local existing = rcall('GET', K_DEDUPE .. dedupe)
-  if existing then return { existing, now, 1, 0 } end
+  -- A key that outlived its job's record (retention) admits the task again.
+  if existing and rcall('EXISTS', K_JOB .. existing) == 1 then return { existing, now, 1, 0 } end
 end
 local limit = tonumber(ARGV[9])
 if limit > 0 then

@@ -8,6 +8,7 @@
   The tag is released when the worker's queue is drained (with a full batch the scheduler stops
   filling the queue, so "batch full and all done" is the same event).
 
+  A retry of a job whose cancellation was requested ends it as cancelled instead.
   A retry in strict order puts the job back at the head of its tag, with the worker's queued jobs
   of the tag behind it, holds the tag until the retry is due and releases the worker: later jobs
   of the tag cannot overtake it. In relaxed order the job waits in the delayed set and the worker
@@ -39,11 +40,14 @@ if finished ~= '' then
   rcall('HSET', state, 'active', '')
   count('active', -1)
   local job = K_JOB .. finished
+  if outcome == 'retry' and rcall('HGET', job, 'cancel') == '1' then
+    outcome = 'cancelled'  -- its cancellation was requested: no more attempts
+  end
   if outcome == 'completed' then
     finish(finished, 'completed', 'result', ARGV[4], now)
-  elseif outcome == 'failed' then
+  elseif outcome == 'failed' or outcome == 'cancelled' then
     add_history(finished, ARGV[4])
-    finish(finished, 'failed', 'error', ARGV[4], now)
+    finish(finished, outcome, 'error', ARGV[4], now)
   else
     add_history(finished, ARGV[4])
     local due = now + tonumber(ARGV[6])

@@ -22,6 +22,8 @@ if status == 'active' then
 end
 local cfg = load_config()
 if status == 'pending' then
+  -- A tag is only held for the strict retry at its head: withdrawing that job frees the tag.
+  if rcall('LINDEX', K_TAG .. tid, 0) == id then rcall('ZREM', K_HELD, tid) end
   rcall('LREM', K_TAG .. tid, 1, id)
   refresh_tag(tid, cfg)
 elseif status == 'delayed' then

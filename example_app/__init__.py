@@ -1,0 +1,1 @@
+"""The runnable example: the original NestJS package's example app, in FastAPI (see ``main``)."""

@@ -1,0 +1,257 @@
+"""The original package's example app, in FastAPI.
+
+Run it on a machine without Redis (embedded mode, one process)::
+
+    APP_ROLE=BOTH REDIS_URL=memory:// uvicorn example_app.main:app
+
+or against a Redis server, with the API and any number of worker processes::
+
+    REDIS_URL=redis://localhost:6379/0 uvicorn example_app.main:app
+    APP_ROLE=WORKER REDIS_URL=redis://localhost:6379/0 affinity-queue worker example_app.main:aq
+
+Every setting comes from the environment (or ``.env``): see ``QueueSettings``. The high-priority
+queue takes the default queue's settings with its own key names (``<name>-high-priority``), so two
+apps that set different ``PENDING_QUEUE_NAME`` etc. share one Redis without meeting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
+
+from affinity_queue import (
+    AffinityQueue,
+    InvalidTaskError,
+    Job,
+    JobContext,
+    QueueService,
+    QueueServiceDep,
+    QueueSettings,
+    QueueStats,
+    QueueUnavailableError,
+    TagBacklogFullError,
+    Task,
+    get_queue,
+)
+
+logging.basicConfig(level=logging.INFO, format="%(levelname)-8s %(name)s: %(message)s")
+log = logging.getLogger("example_app")
+
+HIGH_PRIORITY = "high-priority"
+TASK_TYPES = ("send-email", "generate-invoice", "process-data")
+MAX_SIMULATED_WORK_MS = 5_000
+
+
+def named_queue_settings(base: QueueSettings, name: str) -> QueueSettings:
+    """``base`` with key names of its own, as every named queue needs (the original's forFeature).
+
+    Built through the constructor, not ``model_copy``, so the derived names are validated too.
+    """
+    return QueueSettings(
+        _env_file=None,
+        **{
+            **base.model_dump(),
+            "pending_queue_name": f"{base.pending_queue_name}-{name}",
+            "worker_queue_prefix": f"{base.worker_queue_prefix}-{name}",
+            "worker_state_prefix": f"{base.worker_state_prefix}-{name}",
+        },
+    )
+
+
+settings = QueueSettings()
+aq = AffinityQueue(settings, queues={HIGH_PRIORITY: named_queue_settings(settings, HIGH_PRIORITY)})
+
+
+# -- handlers: the same three on both queues -------------------------------------------------
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+async def _simulate_work(payload: Any) -> None:
+    """``{"durationMs": 200}`` in a payload makes the handler take that long (capped)."""
+    if isinstance(payload, dict) and isinstance(payload.get("durationMs"), int | float):
+        await asyncio.sleep(min(max(payload["durationMs"], 0), MAX_SIMULATED_WORK_MS) / 1000)
+
+
+@aq.handler("send-email")
+@aq.handler("send-email", queue=HIGH_PRIORITY)
+async def send_email(payload: Any, ctx: JobContext) -> dict[str, Any]:
+    log.info("[%s] send-email for %s on %s", ctx.queue, ctx.identify_tag, ctx.worker_id)
+    await _simulate_work(payload)
+    return {"status": "sent", "messageId": f"MSG-{_now_ms()}", "workerId": ctx.worker_id}
+
+
+@aq.handler("generate-invoice")
+@aq.handler("generate-invoice", queue=HIGH_PRIORITY)
+async def generate_invoice(payload: Any, ctx: JobContext) -> dict[str, Any]:
+    log.info("[%s] generate-invoice for %s on %s", ctx.queue, ctx.identify_tag, ctx.worker_id)
+    await _simulate_work(payload)
+    return {"status": "generated", "invoiceId": f"INV-{_now_ms()}", "workerId": ctx.worker_id}
+
+
+@aq.handler("process-data")
+@aq.handler("process-data", queue=HIGH_PRIORITY)
+async def process_data(payload: Any, ctx: JobContext) -> dict[str, Any]:
+    """``{"fail": true}`` in the payload makes it fail, to show a failed job."""
+    log.info("[%s] process-data for %s on %s", ctx.queue, ctx.identify_tag, ctx.worker_id)
+    await _simulate_work(payload)
+    if isinstance(payload, dict) and payload.get("fail") is True:
+        raise ValueError("process-data failed because the payload asked it to")
+    return {"status": "completed", "processId": f"PROC-{_now_ms()}", "workerId": ctx.worker_id}
+
+
+# -- the HTTP API ------------------------------------------------------------------------------
+app = FastAPI(
+    title="affinity-queue example",
+    description="The nestjs-affinity-queue example app, in FastAPI.",
+    lifespan=aq.lifespan,
+)
+
+HighPriorityQueue = Annotated[QueueService, Depends(get_queue(HIGH_PRIORITY, aq))]
+
+
+class _CamelModel(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+
+class TaskAccepted(_CamelModel):
+    message: str
+    job_id: str
+    task: Task
+
+
+class BatchAccepted(_CamelModel):
+    message: str
+    count: int
+    job_ids: list[str]
+
+
+class ErrorBody(BaseModel):
+    message: str
+
+
+@app.exception_handler(QueueUnavailableError)
+async def queue_unavailable(request: Request, exc: QueueUnavailableError) -> JSONResponse:
+    log.warning("%s %s: %s", request.method, request.url.path, exc)
+    return JSONResponse(
+        {"message": str(exc), "queue": exc.queue, "maybeWritten": exc.maybe_written},
+        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": "1"},
+    )
+
+
+@app.exception_handler(TagBacklogFullError)
+async def tag_backlog_full(request: Request, exc: TagBacklogFullError) -> JSONResponse:
+    return JSONResponse(
+        {"message": str(exc), "field": exc.field},
+        status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+        headers={"Retry-After": "1"},
+    )
+
+
+@app.exception_handler(InvalidTaskError)
+async def invalid_task(request: Request, exc: InvalidTaskError) -> JSONResponse:
+    return JSONResponse(
+        {"message": str(exc), "field": exc.field},
+        status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+    )
+
+
+@app.exception_handler(RequestValidationError)
+async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's usual ``detail`` list, plus one readable line for people and logs."""
+    errors = exc.errors()
+    message = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:5]) + (
+        "; ..." if len(errors) > 5 else ""
+    )
+    return JSONResponse(
+        {"message": message, "detail": jsonable_encoder(errors)},
+        status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+    )
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    422: {"description": "The request or its task is invalid"},
+    503: {"model": ErrorBody, "description": "Redis is unavailable; retry later"},
+}
+_ADD_ERRORS: dict[int | str, dict[str, Any]] = {
+    429: {"model": ErrorBody, "description": "The tag's backlog is full (MAX_PENDING_PER_TAG)"},
+    **_ERRORS,
+}
+_BODY_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "The body is not UTF-8 (FastAPI answers 400 before validation)"},
+    **_ADD_ERRORS,
+}
+
+
+@app.post("/tasks", status_code=status.HTTP_202_ACCEPTED, responses=_BODY_ERRORS)
+async def add_task(task: Task, queue: QueueServiceDep) -> TaskAccepted:
+    """Queue one task on the default queue."""
+    job = await queue.add(task)
+    return TaskAccepted(message="Task added to the queue", job_id=job.id, task=task)
+
+
+@app.post("/tasks/batch", status_code=status.HTTP_202_ACCEPTED, responses=_ADD_ERRORS)
+async def add_batch(
+    queue: QueueServiceDep,
+    count: Annotated[int, Query(ge=1, le=1000, description="How many tasks")] = 10,
+    companies: Annotated[int, Query(ge=1, le=100, description="Spread over this many tags")] = 3,
+) -> BatchAccepted:
+    """Queue ``count`` tasks over the tags ``company-1`` .. ``company-<companies>``."""
+    tasks = [
+        Task(
+            type=TASK_TYPES[i % len(TASK_TYPES)],
+            identify_tag=f"company-{i % companies + 1}",
+            payload={"index": i},
+        )
+        for i in range(count)
+    ]
+    jobs = await queue.add_bulk(tasks)
+    return BatchAccepted(
+        message=f"{count} tasks added over {companies} companies",
+        count=len(jobs),
+        job_ids=[j.id for j in jobs],
+    )
+
+
+@app.get("/queue/stats", responses=_ERRORS)
+async def queue_stats(queue: QueueServiceDep) -> QueueStats:
+    return await queue.get_queue_stats()
+
+
+@app.get("/jobs/{job_id}", responses={404: {"description": "No such job"}, **_ERRORS})
+async def get_job(job_id: str, queue: QueueServiceDep) -> Job:
+    return await _job_or_404(queue, job_id)
+
+
+@app.post("/tasks/high-priority", status_code=status.HTTP_202_ACCEPTED, responses=_BODY_ERRORS)
+async def add_high_priority_task(task: Task, queue: HighPriorityQueue) -> TaskAccepted:
+    """Queue one task on the high-priority queue (its own keys, scheduler and workers)."""
+    job = await queue.add(task)
+    return TaskAccepted(message="Task added to the high-priority queue", job_id=job.id, task=task)
+
+
+@app.get("/queue/stats/high-priority", responses=_ERRORS)
+async def high_priority_stats(queue: HighPriorityQueue) -> QueueStats:
+    return await queue.get_queue_stats()
+
+
+@app.get("/jobs/high-priority/{job_id}", responses={404: {"description": "No such job"}, **_ERRORS})
+async def get_high_priority_job(job_id: str, queue: HighPriorityQueue) -> Job:
+    return await _job_or_404(queue, job_id)
+
+
+async def _job_or_404(queue: QueueService, job_id: str) -> Job:
+    job = await queue.get_job(job_id)
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id!r} in queue {queue.name!r}")
+    return job

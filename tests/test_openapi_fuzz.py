@@ -1,0 +1,47 @@
+"""The example app's OpenAPI schema, fuzzed with schemathesis on the private Redis.
+
+Every generated request, valid or not, must get an answer the schema documents, and never a 5xx.
+The app runs in-process through its lifespan (schemathesis starts it for ASGI apps). The cases
+come from the schema's hypothesis strategy in a plain test: schemathesis's lazy pytest loader
+(``from_fixture``) does not work with pytest 9.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from schemathesis import GenerationMode
+from schemathesis.python.asgi import shutdown_lifespans
+
+from affinity_queue import QueueSettings
+
+from .app_support import env_for, load_example
+
+
+@pytest.fixture
+def api_schema(
+    monkeypatch: pytest.MonkeyPatch, make_settings: Callable[..., QueueSettings]
+) -> Iterator[schemathesis.BaseSchema]:
+    example = load_example(monkeypatch, env_for(make_settings(worker_count=2)))
+    yield schemathesis.openapi.from_asgi("/openapi.json", example.app)
+    shutdown_lifespans()
+
+
+def test_no_server_errors(api_schema: schemathesis.BaseSchema) -> None:
+    cases = st.one_of(
+        api_schema.as_strategy(GenerationMode.POSITIVE),
+        api_schema.as_strategy(GenerationMode.NEGATIVE),
+    )
+
+    @settings(
+        max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
+    @given(case=cases)
+    def call(case: schemathesis.Case) -> None:
+        case.call_and_validate()
+
+    call()
