@@ -137,6 +137,15 @@ class AffinityQueue:
         queues: Mapping[str, QueueSettings] | None = None,
     ) -> None:
         declared = {DEFAULT_QUEUE: settings or QueueSettings(), **(queues or {})}
+        owner: dict[str, str] = {}
+        for name, s in declared.items():
+            # Every key of a queue carries {PENDING_QUEUE_NAME}: two queues sharing it would
+            # share every key.
+            if (other := owner.setdefault(s.pending_queue_name, name)) != name:
+                raise ValueError(
+                    f"queues {other!r} and {name!r} both use PENDING_QUEUE_NAME "
+                    f"{s.pending_queue_name!r}: give each queue its own"
+                )
         self._queues = {name: _Queue.build(name, s) for name, s in declared.items()}
         self._state = _State.CREATED
 

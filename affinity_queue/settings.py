@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from typing import Annotated, Any, Self
+from urllib.parse import quote
 
 from pydantic import (
     AliasChoices,
@@ -65,6 +66,7 @@ class QueueSettings(BaseSettings):
 
     model_config = SettingsConfigDict(
         env_file=".env",
+        env_ignore_empty=True,  # REDIS_URL= in a .env file means "not set"
         extra="ignore",
         populate_by_name=True,
         validate_default=True,
@@ -242,5 +244,5 @@ class QueueSettings(BaseSettings):
         if self.redis_url:
             return self.redis_url
         password = self.redis_password.get_secret_value() if self.redis_password else None
-        auth = f":{password}@" if password else ""
+        auth = f":{quote(password, safe='')}@" if password else ""
         return f"redis://{auth}{self.redis_host}:{self.redis_port}/{self.redis_db}"

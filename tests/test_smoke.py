@@ -46,3 +46,13 @@ async def test_services_refuse_work_after_aclose(make_settings) -> None:
         await aq.queue().get_queue_stats()
     with pytest.raises(LifecycleError):
         await aq.start()
+
+
+def test_two_queues_cannot_share_a_pending_queue_name(make_settings) -> None:
+    with pytest.raises(ValueError, match="PENDING_QUEUE_NAME"):
+        AffinityQueue(make_settings(), queues={"other": make_settings()})
+
+
+def test_a_password_with_url_characters_is_escaped(make_settings) -> None:
+    url = make_settings(redis_url=None, redis_password="p@ss:w/rd").resolved_redis_url
+    assert url.startswith("redis://:p%40ss%3Aw%2Frd@")
