@@ -5,7 +5,7 @@
     AffinityQueueError
     ├── InvalidTaskError           (also a ValueError) a task was rejected; nothing was written
     │   └── PayloadTooLargeError   its payload is over MAX_PAYLOAD_BYTES
-    │   └── TagBacklogFullError    its tag already holds MAX_PENDING_PER_TAG pending tasks
+    ├── TagBacklogFullError        backpressure: the tag holds MAX_PENDING_PER_TAG waiting tasks
     ├── UnknownJobError            (also a KeyError) no job has that id (or it expired)
     ├── JobFailedError             wait_for(): the job failed or was cancelled
     ├── QueueUnavailableError      Redis did not answer (`maybe_written`: it may still apply it)
@@ -50,14 +50,14 @@ class PayloadTooLargeError(InvalidTaskError):
         self.index = index
 
 
-class TagBacklogFullError(InvalidTaskError):
-    """Backpressure: the tag holds its limit of pending tasks. Retry later (HTTP 429)."""
+class TagBacklogFullError(AffinityQueueError):
+    """Backpressure: the tag already holds MAX_PENDING_PER_TAG tasks waiting to start (pending or
+    queued to a worker; delayed ones do not count). Nothing was written; retry later (HTTP 429)."""
 
     def __init__(self, identify_tag: str, limit: int) -> None:
         super().__init__(
-            f"tag {identify_tag!r} already holds {limit} pending tasks (MAX_PENDING_PER_TAG); "
-            "retry later",
-            field="identifyTag",
+            f"tag {identify_tag!r} already holds {limit} tasks waiting to start "
+            "(MAX_PENDING_PER_TAG); retry later"
         )
         self.identify_tag = identify_tag
         self.limit = limit

@@ -152,7 +152,7 @@ async def queue_unavailable(request: Request, exc: QueueUnavailableError) -> JSO
 @app.exception_handler(TagBacklogFullError)
 async def tag_backlog_full(request: Request, exc: TagBacklogFullError) -> JSONResponse:
     return JSONResponse(
-        {"message": str(exc), "field": exc.field},
+        {"message": str(exc), "identifyTag": exc.identify_tag, "limit": exc.limit},
         status_code=status.HTTP_429_TOO_MANY_REQUESTS,
         headers={"Retry-After": "1"},
     )

@@ -1,0 +1,179 @@
+"""Timeouts: an async handler past its timeout is cancelled, a sync one abandoned (its late result
+ignored); the attempt fails with ``TimeoutError`` and the worker goes on. A per-task timeout wins
+over the handler's, which wins over the queue's ``TASK_TIMEOUT``."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+from affinity_queue import AffinityQueue, JobContext, JobStatus
+
+from .support import all_settled, settled, task
+
+
+async def test_an_async_handler_past_its_timeout_is_cancelled_and_the_worker_goes_on(
+    make_settings,
+) -> None:
+    aq = AffinityQueue(make_settings(worker_count=1))
+    started: list[float] = []
+    cancelled: list[float] = []
+
+    async def slow(payload: None, ctx: JobContext) -> str:
+        started.append(time.monotonic())
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.append(time.monotonic())
+            raise
+        return "finished"
+
+    aq.worker().register_handler("slow", slow, timeout_s=0.2)
+
+    @aq.handler("fast")
+    async def fast(payload: None, ctx: JobContext) -> str:
+        return ctx.worker_id
+
+    q = aq.queue()
+    slow_job = await q.add(task("T", None, "slow"))
+    fast_job = await q.add(task("T", None, "fast"))
+    async with aq:
+        timed_out, after = await all_settled(q, [slow_job.id, fast_job.id], timeout_s=5)
+    assert timed_out.status is JobStatus.FAILED, timed_out
+    assert timed_out.error is not None and timed_out.error.type == "TimeoutError", timed_out.error
+    assert [e.type for e in timed_out.history] == ["TimeoutError"]
+    assert cancelled, "the handler was never cancelled"
+    assert 0.2 - 0.01 <= cancelled[0] - started[0] < 2.0, cancelled[0] - started[0]
+    assert after.status is JobStatus.COMPLETED
+    assert after.result == timed_out.worker_id, "the next task did not run on the same worker"
+
+
+async def test_a_sync_handler_past_its_timeout_is_abandoned_and_its_late_result_ignored(
+    make_settings,
+) -> None:
+    aq = AffinityQueue(make_settings(worker_count=1))
+    release = threading.Event()
+    returned = threading.Semaphore(0)
+
+    def stuck(payload: int) -> str:
+        try:
+            release.wait(10)
+            return f"late {payload}"
+        finally:
+            returned.release()
+
+    aq.worker().register_handler("stuck", stuck, timeout_s=0.2)
+
+    @aq.handler("sync-next")
+    def sync_next(payload: None) -> str:
+        return "ran"
+
+    q = aq.queue()
+    # Three abandoned threads in a row, then a sync task on the same single worker: it must
+    # still find a thread to run in.
+    stuck_jobs = [await q.add(task("T", i, "stuck")) for i in range(3)]
+    nxt = await q.add(task("T", None, "sync-next"))
+    try:
+        async with aq:
+            done = await settled(q, nxt.id, timeout_s=10)
+            assert done.status is JobStatus.COMPLETED and done.result == "ran"
+            assert not release.is_set()
+            for job in stuck_jobs:
+                got = await q.get_job(job.id)
+                assert got is not None and got.status is JobStatus.FAILED, got
+                assert got.error is not None and got.error.type == "TimeoutError"
+            release.set()
+            for _ in stuck_jobs:
+                assert await asyncio.to_thread(returned.acquire, True, 10)
+            # The late results are back in the worker process; one more task through the same
+            # worker, then look again.
+            probe = await q.add(task("T", None, "sync-next"))
+            assert (await settled(q, probe.id)).status is JobStatus.COMPLETED
+            for job in stuck_jobs:
+                got = await q.get_job(job.id)
+                assert got is not None and got.status is JobStatus.FAILED, got
+                assert got.result is None and got.error is not None
+                assert got.error.type == "TimeoutError"
+    finally:
+        release.set()
+
+
+async def test_timeouts_per_task_then_per_handler_then_per_queue(make_settings) -> None:
+    aq = AffinityQueue(make_settings(worker_count=3, task_timeout_ms=300))
+
+    async def nap(payload: float) -> float:
+        await asyncio.sleep(payload)
+        return payload
+
+    aq.worker().register_handler("plain", nap)  # the queue's 0.3 s applies
+
+    @aq.handler("short", timeout_s=0.2)
+    async def short(payload: float) -> float:
+        return await nap(payload)
+
+    @aq.handler("long", timeout_s=5)
+    async def long(payload: float) -> float:
+        return await nap(payload)
+
+    q = aq.queue()
+    cases = {
+        "queue default cuts": (await q.add(task("a", 3.0, "plain")), JobStatus.FAILED),
+        "queue default lets": (await q.add(task("b", 0.05, "plain")), JobStatus.COMPLETED),
+        "handler cuts": (await q.add(task("c", 3.0, "short")), JobStatus.FAILED),
+        "handler beats queue": (await q.add(task("d", 0.6, "long")), JobStatus.COMPLETED),
+        "task beats handler (longer)": (
+            await q.add(task("e", 0.6, "short"), timeout_s=2),
+            JobStatus.COMPLETED,
+        ),
+        "task beats handler (shorter)": (
+            await q.add(task("f", 3.0, "long"), timeout_s=0.2),
+            JobStatus.FAILED,
+        ),
+    }
+    async with aq:
+        jobs = await all_settled(q, [j.id for j, _ in cases.values()], timeout_s=10)
+    for (name, (_, want)), job in zip(cases.items(), jobs, strict=True):
+        assert job.status is want, f"{name}: {job}"
+        if want is JobStatus.FAILED:
+            assert job.error is not None and job.error.type == "TimeoutError", f"{name}: {job}"
+            assert job.started_at and job.finished_at
+            assert (job.finished_at - job.started_at).total_seconds() < 2.0, name
+
+
+async def test_a_timed_out_attempt_is_retried(make_settings) -> None:
+    aq = AffinityQueue(make_settings(worker_count=1, max_attempts=2, retry_backoff_ms=10))
+    attempts: list[int] = []
+
+    @aq.handler("t", timeout_s=0.2)
+    async def handle(payload: None, ctx: JobContext) -> int:
+        attempts.append(ctx.attempt)
+        if ctx.attempt == 1:
+            await asyncio.sleep(10)
+        return ctx.attempt
+
+    q = aq.queue()
+    job = await q.add(task("T"))
+    async with aq:
+        done = await settled(q, job.id, timeout_s=5)
+    assert attempts == [1, 2]
+    assert done.status is JobStatus.COMPLETED and done.result == 2
+    assert [(e.attempt, e.type) for e in done.history] == [(1, "TimeoutError")]
+
+
+async def test_a_handlers_own_timeout_error_is_reported_as_raised(make_settings) -> None:
+    """With no timeout configured, a ``TimeoutError`` the handler raises itself (an upstream call
+    timing out) is its failure, with its own message, not a timeout of the attempt."""
+    aq = AffinityQueue(make_settings(worker_count=1))
+
+    @aq.handler("t")
+    def handle(payload: None) -> None:
+        raise TimeoutError("upstream took too long")
+
+    q = aq.queue()
+    job = await q.add(task("T"))
+    async with aq:
+        done = await settled(q, job.id)
+    assert done.status is JobStatus.FAILED
+    assert done.error is not None and done.error.type == "TimeoutError"
+    assert done.error.message == "upstream took too long", done.error.message
