@@ -3,6 +3,7 @@
 Run from the repository root (they start their own redis-server on a free port, never 6379)::
 
     .venv/bin/python -m bench.core          # the core engine (issue 2), about 5 minutes
+    .venv/bin/python -m bench.suite         # against the peers (issue 6), about 7 minutes
 
 Layout, so that the suite against the peers (issue 6) adds modules beside these:
 
@@ -16,6 +17,14 @@ Layout, so that the suite against the peers (issue 6) adds modules beside these:
 - ``core/``     the core engine: ``workloads`` (through the public API), ``placement`` (the
                 ``dispatch`` script alone), ``markdown``, and ``__main__`` (the command).
 
-A peers suite would add, e.g., ``bench/peers/<system>.py`` (one adapter per system: enqueue,
-drain, latency) and ``bench/suite.py`` writing the ``peers`` section, reusing all of the above.
+- ``peers/``    one module per system (ours included): the worker side its own CLI imports, and
+                an adapter the suite enqueues through; ``probe`` (what every no-op task does)
+                and ``process`` (worker subprocesses);
+- ``suite/``     the suite against the peers: ``workloads`` (W1-W4, W6), ``markdown``, and
+                ``__main__`` (the command), writing the ``peers`` section; W5 reuses
+                ``core.placement``.
+
+The peers are in the ``bench`` extra (``pip install -e '.[bench]'``), except arq, whose
+``redis<6`` pin would downgrade redis-py for every system: ``pip install --no-deps arq==0.28.0``.
+A peer that is not installed is reported as such and the others run.
 """

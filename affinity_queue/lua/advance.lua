@@ -8,7 +8,8 @@
   The tag is released when the worker's queue is drained (with a full batch the scheduler stops
   filling the queue, so "batch full and all done" is the same event).
 
-  A retry of a job whose cancellation was requested ends it as cancelled instead.
+  A job whose cancellation was requested and that did not complete ends as cancelled (never
+  retried, never a dead letter).
   A retry in strict order puts the job back at the head of its tag, with the worker's queued jobs
   of the tag behind it, holds the tag until the retry is due and releases the worker: later jobs
   of the tag cannot overtake it. In relaxed order the job waits in the delayed set and the worker
@@ -40,7 +41,7 @@ if finished ~= '' then
   rcall('HSET', state, 'active', '')
   count('active', -1)
   local job = K_JOB .. finished
-  if outcome == 'retry' and rcall('HGET', job, 'cancel') == '1' then
+  if outcome ~= 'completed' and rcall('HGET', job, 'cancel') == '1' then
     outcome = 'cancelled'  -- its cancellation was requested: no more attempts
   end
   if outcome == 'completed' then
