@@ -19,13 +19,12 @@ from contextlib import suppress
 from functools import partial
 from typing import TypeVar
 
-from redis.asyncio import Redis
-
 from .aio import cancel_and_wait
 from .errors import NotLeaderError
 from .keys import tag_id
-from .lua import Scripts, TermConfig
-from .retry import Connectivity, RedisTrouble
+from .lua import TermConfig
+from .retry import RedisTrouble
+from .runtime import QueueRuntime
 from .settings import QueueSettings
 from .worker import WAIT_CAP_S
 
@@ -43,23 +42,9 @@ LEASE_SAFETY = 0.8
 """A leader acts only within this fraction of its lease, measured from when it asked to renew."""
 
 
-class Scheduler:
-    def __init__(
-        self,
-        name: str,
-        settings: QueueSettings,
-        redis: Redis,
-        blocking_redis: Redis,
-        scripts: Scripts,
-        connectivity: Connectivity,
-    ) -> None:
-        self.name = name
-        self.settings = settings
-        self._redis = redis
-        self._blocking = blocking_redis
-        self._scripts = scripts
-        self._net = connectivity
-        self._keys = settings.keys
+class Scheduler(QueueRuntime):
+    def __post_init__(self) -> None:
+        super().__post_init__()
         self.node_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         self._token = secrets.token_hex(16)
         self._fence = 0

@@ -18,15 +18,13 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
-from redis.asyncio import Redis
-
 from .aio import cancel_and_wait
 from .errors import DataLostError, JobNotActiveError, LeaseLostError, PermanentFailure, Retry
-from .lua import RawJob, Scripts
+from .lua import RawJob
 from .models import JobContext
 from .queue import dumps
-from .retry import Connectivity, RedisTrouble
-from .settings import QueueSettings
+from .retry import RedisTrouble
+from .runtime import QueueRuntime
 
 log = logging.getLogger("affinity_queue.worker")
 
@@ -85,25 +83,11 @@ def _new_worker_id(slot: int) -> str:
     return f"{host}-{os.getpid()}-{secrets.token_hex(4)}-{slot}"
 
 
-class WorkerService:
+class WorkerService(QueueRuntime):
     """Runs ``WORKER_COUNT`` logical workers; each runs its own jobs one at a time, in order."""
 
-    def __init__(
-        self,
-        name: str,
-        settings: QueueSettings,
-        redis: Redis,
-        blocking_redis: Redis,
-        scripts: Scripts,
-        connectivity: Connectivity,
-    ) -> None:
-        self.name = name
-        self.settings = settings
-        self._redis = redis
-        self._blocking = blocking_redis
-        self._scripts = scripts
-        self._net = connectivity
-        self._keys = settings.keys
+    def __post_init__(self) -> None:
+        super().__post_init__()
         self._handlers: dict[str, _Handler] = {}
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
