@@ -14,6 +14,7 @@ from typing import Any, Self, TypeVar
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 try:
     from redis.maint_notifications import MaintNotificationsConfig
@@ -44,15 +45,17 @@ def connect(url: str, timeout_s: float = 2.0) -> tuple[Redis, Redis]:
     """A client for commands (``timeout_s`` each) and one for blocking waits (its socket timeout
     outlasts them).
 
-    Automatic retries are off: a command retried after its reply was lost could run twice.
-    Our loops retry where that is safe, and producers get the error.
+    A command is retried once, at once, when its connection was found closed: that is what a
+    pooled connection looks like after a Redis restart, and the command never reached the new
+    server. Timeouts are not retried (the command may have run): our loops retry where that is
+    safe, and producers get ``QueueUnavailableError`` with ``maybe_written``.
     """
     if url.startswith(MEMORY_SCHEME):
         return _connect_memory(url)
     common: dict[str, Any] = {
         "decode_responses": True,
         "socket_connect_timeout": 2,
-        "retry": Retry(NoBackoff(), 0),
+        "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     }
     if MaintNotificationsConfig is not None:
         # Recent redis-py skips its check for stale pooled connections while these notifications

@@ -45,6 +45,7 @@ class Waiters:
         async with self._lock:
             if self._reader is not None and not self._reader.done():
                 return
+            await self.aclose()  # the broken subscription, if any
             pubsub = self._redis.pubsub()
             await pubsub.subscribe(self._channel)
             while True:  # the confirmation: from here on, every publish reaches us

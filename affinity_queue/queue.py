@@ -123,10 +123,12 @@ class QueueService:
         for chunk in _chunks(validated):
             entries = [(t.type, t.identify_tag, tag_id(t.identify_tag), p) for t, p in chunk]
             added = await self._guard(self._scripts.add(entries, options))
-            if added.deduplicated:
+            while added.deduplicated:
                 existing = await self.get_job(str(added.first_id))
                 if existing is not None:
                     return [existing]
+                # Its record expired between the two calls: the key no longer admits it.
+                added = await self._guard(self._scripts.add(entries, options))
             created = datetime.fromtimestamp(added.now_ms / 1000, UTC)
             run_at = datetime.fromtimestamp(added.due_ms / 1000, UTC) if added.due_ms else None
             jobs.extend(
@@ -187,7 +189,7 @@ class QueueService:
             status = await self._guard(self._scripts.watch(job_id))
             if status is None:
                 async with asyncio.timeout(timeout_s):
-                    await waiter
+                    await self._guard(waiter)
         finally:
             self._waiters.unregister(job_id, waiter)
         job = await self.get_job(job_id)

@@ -206,10 +206,17 @@ class QueueSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _timings_agree(self) -> Self:
-        if self.heartbeat_interval_ms >= self.election_lock_ttl_ms:
+        if self.worker_queue_prefix == self.worker_state_prefix:
             raise ValueError(
-                "HEARTBEAT_INTERVAL must be shorter than ELECTION_LOCK_TTL "
-                f"(got {self.heartbeat_interval_ms} >= {self.election_lock_ttl_ms} ms)"
+                "WORKER_QUEUE_PREFIX and WORKER_STATE_PREFIX must differ "
+                f"(both are {self.worker_queue_prefix!r}): their keys would collide"
+            )
+        # A leader acts within 80% of its lease from its last renewal (scheduler.LEASE_SAFETY):
+        # a renewal must come well before that, or the leader keeps losing its own term.
+        if 2 * self.heartbeat_interval_ms > self.election_lock_ttl_ms:
+            raise ValueError(
+                "HEARTBEAT_INTERVAL must be at most half of ELECTION_LOCK_TTL "
+                f"(got {self.heartbeat_interval_ms} and {self.election_lock_ttl_ms} ms)"
             )
         if self.heartbeat_interval_ms >= self.heartbeat_timeout_ms:
             raise ValueError(

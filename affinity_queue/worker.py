@@ -95,6 +95,7 @@ class WorkerService(QueueRuntime):
         self._epoch = ""
         self._executor: ThreadPoolExecutor | None = None
         self._running: dict[str, JobContext] = {}
+        self._lost: set[str] = set()  # worker ids whose lease the heartbeat found gone
 
     # -- handlers ---------------------------------------------------------------------------
     def register_handler(
@@ -166,8 +167,9 @@ class WorkerService(QueueRuntime):
     # -- the loops --------------------------------------------------------------------------
     async def _run_slot(self, slot: int) -> None:
         while not self._stopping:
-            wid = await self._register(slot)
+            wid = ""
             try:
+                wid = await self._register(slot)
                 await self._work(wid)
                 return
             except LeaseLostError:
@@ -175,11 +177,13 @@ class WorkerService(QueueRuntime):
             except Exception:
                 # A bug must not leave a registered worker that heartbeats but never works:
                 # hand its jobs back and start over under a new id.
-                log.exception("worker %s failed; handing its jobs back", wid)
-                with contextlib.suppress(LeaseLostError, *RedisTrouble):
-                    await self._scripts.deregister(wid)
+                log.exception("worker %s failed; handing its jobs back", wid or f"slot {slot}")
+                if wid:
+                    with contextlib.suppress(Exception):
+                        await self._scripts.deregister(wid)
                 await asyncio.sleep(1)
             self._worker_ids.pop(slot, None)
+            self._lost.discard(wid)
 
     async def _register(self, slot: int) -> str:
         """Register a fresh worker id; a changed epoch means Redis lost the queue's data."""
@@ -214,7 +218,9 @@ class WorkerService(QueueRuntime):
                 )
                 if self._stopping:
                     return
-                if woken:  # the scheduler bound this worker (binding and token are atomic)
+                if wid in self._lost:  # the heartbeat found the lease gone
+                    raise LeaseLostError(wid)
+                if woken:  # bound by the scheduler (or nudged by the heartbeat)
                     job = await self._advance(wid, None, _NOTHING)
                 continue
             outcome = await self._execute(wid, job)
@@ -348,10 +354,11 @@ class WorkerService(QueueRuntime):
                 lost, cancel = ids, []  # they re-register; the first to do so reports the loss
             except RedisTrouble:
                 continue  # the worker loops report the outage
-            for job_id in cancel:
-                if (ctx := self._running.get(job_id)) is not None:
+            except Exception:  # OOM, READONLY, BUSY...: the next beat may pass; never stop
+                log.exception("queue %s: heartbeat failed", self.name)
+                continue
+            self._lost.update(lost)
+            for ctx in self._running.values():
+                # A job of a lost worker runs again elsewhere: let its handler know.
+                if ctx.job_id in cancel or ctx.worker_id in self._lost:
                     ctx.cancelled = True
-            for wid in lost:
-                # Wake it if it waits, so it learns of the lost lease now, not at its next job.
-                with contextlib.suppress(*RedisTrouble):
-                    await self._redis.rpush(self._keys.worker_wake(wid), "lost")

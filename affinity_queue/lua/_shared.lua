@@ -94,7 +94,7 @@ local function release(w, cfg)
     rcall('HSET', K_TURNS, s[2], tonumber(rcall('GET', K_SEQ)) + 0.5)
   end
   rcall('HSET', state, 'status', 'idle', 'tid', '', 'tag', '', 'batch', 0)
-  rcall('ZADD', K_IDLE, now_ms(), w)
+  if rcall('HGET', state, 'retiring') ~= '1' then rcall('ZADD', K_IDLE, now_ms(), w) end
   refresh_tag(s[2], cfg)
   wake_scheduler_if_work()
 end
@@ -163,7 +163,9 @@ local function finish(id, status, field, value, now)
   if excess > 0 then
     local popped = rcall('ZPOPMIN', index, excess)
     for i = 1, #popped, 2 do  -- member, score, member, score ...
-      if popped[i] ~= id then rcall('DEL', K_JOB .. popped[i]) end
+      -- A record somebody waits for stays until its TTL, so wait_for can still read it.
+      local old = K_JOB .. popped[i]
+      if popped[i] ~= id and rcall('HGET', old, 'notify') ~= '1' then rcall('DEL', old) end
     end
   end
   count(status, 1)

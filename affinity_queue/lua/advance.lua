@@ -62,7 +62,8 @@ if finished ~= '' then
       local tids = {}
       count('pending', requeue_front(ids, tids))
       local tid = rcall('HGET', job, 'tid')
-      if tid then rcall('ZADD', K_HELD, due, tid) end
+      -- GT: with concurrency > 1, a shorter retry must not shorten a longer one's hold.
+      if tid then rcall('ZADD', K_HELD, 'GT', due, tid) end
       release(w, cfg)
       for t in pairs(tids) do refresh_tag(t, cfg) end
       return 0

@@ -2,7 +2,8 @@
   heartbeat: renew the leases of one process's workers.
 
   Atomic so that a lease is only ever extended while it still exists: a worker the leader already
-  declared dead stays dead and must re-register under a new id.
+  declared dead stays dead and must re-register under a new id. It also wakes a bound worker that
+  has work and runs nothing, in case its wake-up was lost.
 
   KEYS: the shared table (see _shared.lua).
   ARGV[1]  the epoch id the process registered under
@@ -18,9 +19,15 @@ for i = 3, #ARGV do
   local w = ARGV[i]
   if rcall('ZSCORE', K_WORKERS, w) then
     rcall('ZADD', K_WORKERS, until_ms, w)
-    local active = rcall('HGET', K_WS .. w, 'active')
-    if active and active ~= '' and rcall('HGET', K_JOB .. active, 'cancel') == '1' then
-      cancel[#cancel + 1] = active
+    local st = rcall('HMGET', K_WS .. w, 'active', 'status')
+    local active = st[1]
+    if active and active ~= '' then
+      if rcall('HGET', K_JOB .. active, 'cancel') == '1' then cancel[#cancel + 1] = active end
+    elseif st[2] == 'running' and rcall('LLEN', K_WQ .. w) > 0
+        and rcall('LLEN', K_WAKEW .. w) == 0 then
+      -- Bound with work and nothing running, and no wake-up waiting: the worker missed its
+      -- token (a reply lost in transit). Wake it again; a spare token is harmless.
+      rcall('RPUSH', K_WAKEW .. w, 'stalled')
     end
   else
     lost[#lost + 1] = w

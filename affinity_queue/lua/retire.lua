@@ -20,6 +20,7 @@ local n_back = requeue_front(ids, tids)
 rcall('HINCRBY', K_COUNTS, 'assigned', int(-#ids))
 rcall('HINCRBY', K_COUNTS, 'pending', n_back)
 rcall('ZREM', K_IDLE, w)
+rcall('HSET', K_WS .. w, 'retiring', '1')  -- release() keeps it out of the idle set
 local tid = rcall('HGET', K_WS .. w, 'tid')
 if tid and tid ~= '' then
   rcall('ZADD', K_BOUND .. tid, cfg.max_batch, w)
