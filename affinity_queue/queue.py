@@ -186,7 +186,10 @@ class QueueService:
         self._check_open()
         waiter = await self._guard(self._waiters.register(job_id))
         try:
-            status = await self._guard(self._scripts.watch(job_id))
+            # Without a timeout, the watch lasts as long as a completed record may (and the
+            # waiter re-reads the record on wake-up, so nothing is lost if it outlives it).
+            for_ms = self.settings.completed_ttl_ms if timeout_s is None else timeout_s * 1000
+            status = await self._guard(self._scripts.watch(job_id, round(for_ms) + 1000))
             if status is None:
                 async with asyncio.timeout(timeout_s):
                     await self._guard(waiter)

@@ -203,9 +203,10 @@ class Scripts:
     async def cancel(self, job_id: str) -> str:
         return str(await self._call("cancel", job_id))
 
-    async def watch(self, job_id: str) -> str | None:
-        """The job's final status ('' if unknown), or None: it will publish when it finishes."""
-        result = await self._call("watch", job_id)
+    async def watch(self, job_id: str, for_ms: int) -> str | None:
+        """The job's final status ('' if unknown), or None: it will publish when it finishes
+        within ``for_ms``."""
+        result = await self._call("watch", job_id, for_ms)
         return None if result == 0 else str(result)
 
     async def pause(self, on: bool, tid: str = "") -> None:

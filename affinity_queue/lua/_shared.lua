@@ -163,13 +163,21 @@ local function finish(id, status, field, value, now)
   if excess > 0 then
     local popped = rcall('ZPOPMIN', index, excess)
     for i = 1, #popped, 2 do  -- member, score, member, score ...
-      -- A record somebody waits for stays until its TTL, so wait_for can still read it.
+      -- A record somebody still waits for lives a few seconds past the wait, so wait_for can
+      -- read it after its wake-up.
       local old = K_JOB .. popped[i]
-      if popped[i] ~= id and rcall('HGET', old, 'notify') ~= '1' then rcall('DEL', old) end
+      local watched = tonumber(rcall('HGET', old, 'notify')) or 0
+      if popped[i] == id then
+        -- the newest record itself (ties in finish time): its TTL trims it
+      elseif watched < now then
+        rcall('DEL', old)
+      else
+        rcall('PEXPIRE', old, watched - now + 5000)
+      end
     end
   end
   count(status, 1)
-  if rcall('HGET', job, 'notify') == '1' then rcall('PUBLISH', K_DONE, id) end
+  if (tonumber(rcall('HGET', job, 'notify')) or 0) >= now then rcall('PUBLISH', K_DONE, id) end
 end
 
 -- Append one failed attempt (a JSON object) to the job's history (a JSON array).

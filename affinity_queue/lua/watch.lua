@@ -6,6 +6,8 @@
 
   KEYS: the shared table (see _shared.lua).
   ARGV[1]  job id
+  ARGV[2]  how long the caller will wait, in ms: until then the finish publishes and retention
+           keeps the finished record for it
   Returns: the job's status when it is finished or unknown ('' for unknown); 0 when it is not
            finished yet (it will publish its id on the done channel when it is).
 ]]
@@ -13,5 +15,8 @@ local job = K_JOB .. ARGV[1]
 local status = rcall('HGET', job, 'status')
 if not status then return '' end
 if status == 'completed' or status == 'failed' or status == 'cancelled' then return status end
-rcall('HSET', job, 'notify', '1')
+local until_ms = now_ms() + tonumber(ARGV[2])
+if until_ms > (tonumber(rcall('HGET', job, 'notify')) or 0) then
+  rcall('HSET', job, 'notify', until_ms)
+end
 return 0
