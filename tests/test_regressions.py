@@ -277,7 +277,10 @@ async def test_wait_for_reads_a_completed_job_that_trimming_would_have_deleted(
     try:
         waiting = asyncio.create_task(service.wait_for(j1.id, timeout_s=5))
         await wait_for(
-            lambda: engine.job(j1.id), lambda j: int(j.get("notify") or 0) > 0, timeout_s=2, what="watch"
+            lambda: engine.job(j1.id),
+            lambda j: int(j.get("notify") or 0) > 0,
+            timeout_s=2,
+            what="watch",
         )
         # Finish j1 then j2 with a blocking client: the event loop (and so the waiter) cannot run
         # in between, so the waiter reads j1 only after j2's finish trimmed the completed index.
