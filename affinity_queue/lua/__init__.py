@@ -25,6 +25,7 @@ from ..errors import (
     TagBacklogFullError,
 )
 from ..keys import QueueKeys, lua_key_names, tag_from_id
+from .coalesce import Coalesced
 
 SCRIPT_NAMES = (
     "add",
@@ -130,9 +131,14 @@ class Scripts:
         self._scripts: dict[str, AsyncScript] = {
             name: redis.register_script(script_source(name)) for name in SCRIPT_NAMES
         }
+        # The hot path: each worker's finish-and-take-next shares round trips with the others.
+        self._advance = Coalesced(redis, self._scripts["advance"], self._keys)
 
     async def _call(self, name: str, *args: Any, worker_id: str = "") -> Any:
         result = await self._scripts[name](keys=self._keys, args=args)
+        return self._check(name, result, worker_id)
+
+    def _check(self, name: str, result: Any, worker_id: str) -> Any:
         if isinstance(result, int) and result < 0:
             match result:
                 case ScriptCode.LEASE_LOST:
@@ -187,8 +193,7 @@ class Scripts:
         retry_delay_ms: int = 0,
         retry_order: str = "strict",
     ) -> RawJob | None:
-        result = await self._call(
-            "advance",
+        reply = await self._advance(
             worker_id,
             finished,
             outcome,
@@ -196,8 +201,8 @@ class Scripts:
             int(take_next),
             retry_delay_ms,
             retry_order,
-            worker_id=worker_id,
         )
+        result = self._check("advance", reply, worker_id)
         return None if result == 0 else RawJob.from_reply(result)
 
     async def cancel(self, job_id: str) -> str:
