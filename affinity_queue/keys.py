@@ -147,10 +147,6 @@ class QueueKeys:
 
     # Single keys read from Python.
     @property
-    def seq(self) -> str:
-        return self._key("K_SEQ")
-
-    @property
     def counts(self) -> str:
         return self._key("K_COUNTS")
 
@@ -161,10 +157,6 @@ class QueueKeys:
     @property
     def wake(self) -> str:
         return self._key("K_WAKE")
-
-    @property
-    def config(self) -> str:
-        return self._key("K_CONFIG")
 
     @property
     def leader(self) -> str:
@@ -181,10 +173,6 @@ class QueueKeys:
     @property
     def failed(self) -> str:
         return self._key("K_FAILED")
-
-    @property
-    def completed(self) -> str:
-        return self._key("K_COMPLETED")
 
     @property
     def done_channel(self) -> str:

@@ -37,10 +37,6 @@ class Connectivity:
         self._log = log
         self._failing = 0
 
-    @property
-    def healthy(self) -> bool:
-        return self._failing == 0
-
     async def retry(
         self,
         call: Callable[[], Awaitable[T]],

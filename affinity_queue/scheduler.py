@@ -51,7 +51,6 @@ class Scheduler(QueueRuntime):
         self._valid_until = 0.0  # monotonic deadline of the current term
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
-        self.became_leader = asyncio.Event()
 
     @property
     def is_leader(self) -> bool:
@@ -103,7 +102,6 @@ class Scheduler(QueueRuntime):
             self._fence = fence
             self._valid_until = asked_at + s.election_lock_ttl_ms / 1000 * LEASE_SAFETY
             log.info("queue %s: node %s leads (fence %d)", self.name, self.node_id, fence)
-            self.became_leader.set()
             try:
                 await self._lead()
             except NotLeaderError:
@@ -115,7 +113,6 @@ class Scheduler(QueueRuntime):
                 await asyncio.sleep(1)
             finally:
                 self._fence = 0
-                self.became_leader.clear()
 
     async def _lead(self) -> None:
         renewing = asyncio.create_task(self._renew_loop())
