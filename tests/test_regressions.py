@@ -305,3 +305,27 @@ def test_equal_worker_queue_and_state_prefixes_are_rejected(
         make_settings(worker_queue_prefix="same", worker_state_prefix="same")
     message = str(raised.value)
     assert "WORKER_QUEUE_PREFIX" in message and "WORKER_STATE_PREFIX" in message
+
+
+async def test_a_requeued_dead_letter_waits_behind_a_strict_retry_holding_its_tag(
+    make_settings, redis_client
+) -> None:
+    """requeue_failed jumped ahead of the strict retry holding the tag (and broke its hold)."""
+    settings = make_settings()
+    scripts = Scripts(redis_client, settings.keys, "default")
+    fence = await scripts.elect("t", 60_000, "n", "h", 1, TermConfig(max_batch=10))
+    await scripts.register("w1", 60_000, "h", 1, "e")
+    tid = tag_id("T")
+    await scripts.add([("t", "T", tid, "0"), ("t", "T", tid, "1")])
+    await scripts.dispatch(fence, 10)
+    first = await scripts.advance("w1", "", "", "", True)
+    assert first is not None
+    await scripts.advance("w1", first.id, "failed", '{"type":"E","message":"m"}', True)
+    second = await scripts.advance("w1", "", "", "", True)
+    assert second is not None and second.id != first.id
+    # The second job retries in strict order, 60 s out: it now holds the tag from its head.
+    await scripts.advance("w1", second.id, "retry", '{"type":"E","message":"m"}', True, 60_000)
+    assert await scripts.requeue_failed(first.id)
+    order = await redis_client.lrange(settings.keys.tag_queue("T"), 0, -1)
+    assert order == [second.id, first.id]
+    assert await redis_client.zscore(settings.keys._key("K_HELD"), tid) is not None

@@ -16,7 +16,13 @@ if not tid then return 0 end
 rcall('PERSIST', job)
 rcall('HSET', job, 'status', 'pending', 'attempts', 0, 'worker', '')
 rcall('HDEL', job, 'finished', 'error', 'due', 'front', 'cancel')
-rcall('LPUSH', K_TAG .. tid, id)
+-- The front of its tag, except behind a strict retry that holds the tag: that one goes first.
+local head = rcall('LINDEX', K_TAG .. tid, 0)
+if head and rcall('ZSCORE', K_HELD, tid) then
+  rcall('LINSERT', K_TAG .. tid, 'AFTER', head, id)
+else
+  rcall('LPUSH', K_TAG .. tid, id)
+end
 count('pending', 1)
 refresh_tag(tid, load_config())
 wake_scheduler_if_work()
