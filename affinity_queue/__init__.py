@@ -3,6 +3,7 @@
 from .core import AffinityQueue
 from .errors import (
     AffinityQueueError,
+    ConfigMismatchError,
     DataLostError,
     InvalidTaskError,
     JobFailedError,
@@ -52,6 +53,7 @@ __all__ = [
     "AffinityQueueDep",
     "AffinityQueueError",
     "CancelOutcome",
+    "ConfigMismatchError",
     "DataLostError",
     "InvalidTaskError",
     "Job",

@@ -185,6 +185,8 @@ class AffinityQueue:
     async def start(self) -> None:
         if self._state is not _State.CREATED:
             raise LifecycleError(f"AffinityQueue.start(): already {self._state.value}")
+        for q in self._queues.values():
+            await q.worker.check_layout()  # before anything runs: a refusal leaves nothing behind
         self._state = _State.STARTED
         for name, q in self._queues.items():
             role = q.settings.app_role

@@ -11,6 +11,7 @@
     ├── QueueUnavailableError      Redis did not answer (`maybe_written`: it may still apply it)
     ├── UnknownQueueError          (also a KeyError) no queue of that name is declared
     ├── LifecycleError             start() twice, or a service used after aclose()
+    ├── ConfigMismatchError        this process's worker prefixes differ from the running ones'
     └── ScriptError                a script answered with a code this library does not expect
         ├── LeaseLostError         this worker's lease expired; its jobs went elsewhere
         ├── NotLeaderError         this node's term ended; it must not act for the leader
@@ -84,13 +85,20 @@ class JobFailedError(AffinityQueueError):
 class QueueUnavailableError(AffinityQueueError):
     """Redis could not be reached, or did not answer within REDIS_TIMEOUT. Retry, or report 503.
 
-    ``maybe_written`` is False when no connection could be made (nothing was sent, so nothing was
-    written). It is True when the command was sent and the answer never came (a timeout, a
-    dropped connection): Redis may still have applied it, so a blind retry may add a task twice.
+    Before raising it the library retried the call for up to REDIS_TIMEOUT, with the call's
+    request token, so a reply lost in transit never makes a task exist twice. ``maybe_written`` is
+    False when nothing reached Redis (no connection could be made, or Redis refused the call:
+    out of memory, MISCONF, BUSY). It is True when a command was sent and no answer came: Redis
+    may still have applied it, so a blind retry by the caller may add a task twice (give the task
+    a ``dedupe_key`` to make the caller's own retries safe).
     """
 
-    def __init__(self, queue: str, cause: BaseException) -> None:
-        self.maybe_written = "connecting" not in str(cause).lower()
+    def __init__(
+        self, queue: str, cause: BaseException, *, maybe_written: bool | None = None
+    ) -> None:
+        if maybe_written is None:
+            maybe_written = "connecting" not in str(cause).lower()
+        self.maybe_written = maybe_written
         outcome = "it may have been applied" if self.maybe_written else "nothing was written"
         super().__init__(f"queue {queue!r}: Redis is unavailable ({cause}); {outcome}")
         self.queue = queue
@@ -108,6 +116,31 @@ class UnknownQueueError(AffinityQueueError, KeyError):
 
 class LifecycleError(AffinityQueueError):
     """A service was used outside its started lifetime."""
+
+
+class ConfigMismatchError(AffinityQueueError):
+    """Processes of one queue disagree on WORKER_QUEUE_PREFIX / WORKER_STATE_PREFIX: the leader
+    would fill worker queues that nobody reads. Raised at start; nothing was written."""
+
+    def __init__(self, queue: str, ours: tuple[str, ...], theirs: tuple[str, ...]) -> None:
+        names = ("WORKER_QUEUE_PREFIX", "WORKER_STATE_PREFIX")
+        differ = [
+            f"{name}={_prefix(a)!r} here but {_prefix(b)!r} in the running processes"
+            for name, a, b in zip(names, ours, theirs, strict=True)
+            if a != b
+        ]
+        super().__init__(
+            f"queue {queue!r}: {'; '.join(differ)}. Give every process of the queue the same "
+            "settings (a queue's worker prefixes can change only once all its processes stopped)"
+        )
+        self.queue = queue
+        self.ours = ours
+        self.theirs = theirs
+
+
+def _prefix(key_prefix: str) -> str:
+    """The setting's value from a key prefix ``<setting>:{queue}:``."""
+    return key_prefix.rsplit(":{", 1)[0]
 
 
 class ScriptError(AffinityQueueError):
@@ -148,6 +181,7 @@ class ScriptCode(IntEnum):
     NOT_ACTIVE = -3
     DATA_LOST = -4
     TAG_FULL = -5
+    LAYOUT = -6
 
 
 # Raised by handlers to steer retries (not errors of this library).

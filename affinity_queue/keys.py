@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
 """What queue names and key prefixes may contain: no braces (they would move the hash tag) and no
-glob characters (they would widen the maintenance ``SCAN`` patterns)."""
+glob characters (they would widen a ``SCAN`` pattern over the queue's keys)."""
 
 
 def tag_id(identify_tag: str) -> str:
@@ -40,7 +40,7 @@ QUEUE_KEYS: tuple[tuple[str, str, str], ...] = (
     ("K_TAG", "tag:", "per tag id: list of its pending job ids, oldest first"),
     ("K_BOUND", "bound:", "per tag id: zset of the workers bound to it, score = batch taken"),
     ("K_DEDUPE", "dedupe:", "per hex deduplication key: the id of the job it admitted"),
-    ("K_SEQ", "seq", "string: the last job id"),
+    ("K_SEQ", "seq", "string: the last order number (job ids and turns take the next one)"),
     ("K_COUNTS", "counts", "hash: pending delayed assigned active, and outcome totals"),
     ("K_READY_BOUND", "ready:bound", "zset: tags with work and a bound worker with room"),
     ("K_READY_NEW", "ready:new", "zset: tags with work that may bind one more worker"),
@@ -54,12 +54,14 @@ QUEUE_KEYS: tuple[tuple[str, str, str], ...] = (
     ("K_ELECTION", "election", "list: pushed when a leader steps down"),
     ("K_EPOCH", "epoch", "string: id of this data set; gone = Redis lost the data"),
     ("K_TURNS", "turns", "hash: tag id -> seq when it last gave up a worker with work left"),
-    ("K_DELAYED", "delayed", "zset: job ids not yet due, score = due (ms)"),
+    ("K_DELAYED", "delayed", "zset: jobs not yet due, score = due (ms), member = ordered id"),
     ("K_HELD", "held", "zset: tag ids held until a strict retry is due (ms)"),
     ("K_COMPLETED", "completed", "zset: retention index of completed/cancelled jobs"),
     ("K_FAILED", "failed", "zset: dead letters, score = finish (ms)"),
     ("K_PAUSED_TAGS", "paused-tags", "set: paused tag ids"),
+    ("K_GHOSTS", "ghosts", "set: ids cancelled deep in a long tag list, skipped when reached"),
     ("K_DONE", "done", "Pub/Sub channel: ids of finished jobs somebody waits for"),
+    ("K_REQ", "req:", "per request token: the reply of a call that must not apply twice"),
 )
 _SUFFIX = {lua: suffix for lua, suffix, _ in QUEUE_KEYS}
 WAKE_SUFFIX = "wake:"
@@ -151,6 +153,10 @@ class QueueKeys:
         return self._key("K_COUNTS")
 
     @property
+    def config(self) -> str:
+        return self._key("K_CONFIG")
+
+    @property
     def workers(self) -> str:
         return self._key("K_WORKERS")
 
@@ -177,8 +183,3 @@ class QueueKeys:
     @property
     def done_channel(self) -> str:
         return self._key("K_DONE")
-
-    @property
-    def scan_patterns(self) -> tuple[str, ...]:
-        """``SCAN`` patterns that match only this queue's per-worker keys."""
-        return (self.worker_queue_prefix_key + "*", self.worker_state_prefix_key + "*")

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Iterable, Iterator, Mapping
+import re
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, TypeVar
 
 from pydantic import JsonValue, ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError, TryAgainError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import (
@@ -23,7 +26,7 @@ from .errors import (
     UnknownJobError,
 )
 from .keys import tag_id
-from .lua import AddOptions, Scripts
+from .lua import AddOptions, Scripts, new_token
 from .models import CancelOutcome, Job, JobStatus, LeaderInfo, QueueStats, Task, WorkerState
 from .notify import Waiters
 from .settings import QueueSettings
@@ -31,11 +34,20 @@ from .settings import QueueSettings
 TaskLike = Task | Mapping[str, Any]
 T = TypeVar("T")
 
-BULK_CHUNK = 1000
+BULK_CHUNK = 250
 BULK_CHUNK_BYTES = 1 << 20
 """A script call in ``add_bulk`` carries at most ``BULK_CHUNK`` tasks and, unless one task alone
 is larger, ``BULK_CHUNK_BYTES`` of payload: enough to amortise the round trip, little enough that
 one call holds Redis for a few milliseconds, not seconds."""
+
+
+JOB_ID = re.compile(r"^[0-9]+(-[0-9a-f]+)?$")
+"""What job ids look like (``<order>-<token>``, see lua/add.lua): anything else names no job."""
+
+_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError, ReadOnlyError, TryAgainError)
+"""Errors a producer call is retried through: Redis unreachable, or a replica being promoted."""
+_REFUSED = ("MISCONF", "BUSY")
+"""Error replies (besides OOM) that mean Redis refused the call before it wrote anything."""
 
 
 def dumps(value: Any) -> str:
@@ -122,18 +134,18 @@ class QueueService:
         jobs: list[Job] = []
         for chunk in _chunks(validated):
             entries = [(t.type, t.identify_tag, tag_id(t.identify_tag), p) for t, p in chunk]
-            added = await self._guard(self._scripts.add(entries, options))
+            added = await self._guard(partial(self._scripts.add, new_token(), entries, options))
             while added.deduplicated:
-                existing = await self.get_job(str(added.first_id))
+                existing = await self.get_job(added.ids[0])
                 if existing is not None:
                     return [existing]
                 # Its record expired between the two calls: the key no longer admits it.
-                added = await self._guard(self._scripts.add(entries, options))
+                added = await self._guard(partial(self._scripts.add, new_token(), entries, options))
             created = datetime.fromtimestamp(added.now_ms / 1000, UTC)
             run_at = datetime.fromtimestamp(added.due_ms / 1000, UTC) if added.due_ms else None
             jobs.extend(
                 Job.model_construct(
-                    id=str(added.first_id + i),
+                    id=job_id,
                     type=t.type,
                     identify_tag=t.identify_tag,
                     payload=t.payload,
@@ -149,7 +161,7 @@ class QueueService:
                     error=None,
                     history=[],
                 )
-                for i, (t, _) in enumerate(chunk)
+                for job_id, (t, _) in zip(added.ids, chunk, strict=True)
             )
         return jobs
 
@@ -184,15 +196,18 @@ class QueueService:
         or was cancelled, ``TimeoutError`` after ``timeout_s``, :class:`UnknownJobError` for an
         unknown id. Woken by a notification from the script that finishes the job."""
         self._check_open()
-        waiter = await self._guard(self._waiters.register(job_id))
+        waiter = await self._guard(partial(self._waiters.register, job_id))
         try:
             # Without a timeout, the watch lasts as long as a completed record may (and the
             # waiter re-reads the record on wake-up, so nothing is lost if it outlives it).
             for_ms = self.settings.completed_ttl_ms if timeout_s is None else timeout_s * 1000
-            status = await self._guard(self._scripts.watch(job_id, round(for_ms) + 1000))
+            status = await self._guard(partial(self._scripts.watch, job_id, round(for_ms) + 1000))
             if status is None:
                 async with asyncio.timeout(timeout_s):
-                    await self._guard(waiter)
+                    try:
+                        await waiter
+                    except _TRANSIENT as e:
+                        raise QueueUnavailableError(self.name, e) from e
         finally:
             self._waiters.unregister(job_id, waiter)
         job = await self.get_job(job_id)
@@ -205,9 +220,9 @@ class QueueService:
     async def cancel(self, job_id: str) -> CancelOutcome:
         """Withdraw a job that has not started; for a running one, set ``ctx.cancelled``."""
         self._check_open()
-        if not job_id.isdigit():
+        if not JOB_ID.match(job_id):
             return CancelOutcome.UNKNOWN
-        return CancelOutcome(await self._guard(self._scripts.cancel(job_id)))
+        return CancelOutcome(await self._guard(partial(self._scripts.cancel, new_token(), job_id)))
 
     async def list_failed(self, offset: int = 0, limit: int = 100) -> list[Job]:
         """Dead letters, newest first: jobs that ran out of attempts or failed permanently."""
@@ -215,7 +230,7 @@ class QueueService:
         if limit <= 0 or offset < 0:
             return []
         ids: list[str] = await self._guard(
-            self._redis.zrevrange(self._keys.failed, offset, offset + limit - 1)  # type: ignore[arg-type]
+            partial(self._redis.zrevrange, self._keys.failed, offset, offset + limit - 1)  # type: ignore[arg-type]
         )
         jobs = [await self.get_job(job_id) for job_id in ids]
         return [j for j in jobs if j is not None]
@@ -223,36 +238,36 @@ class QueueService:
     async def requeue_failed(self, job_id: str) -> bool:
         """Put a dead letter back at the front of its tag, its attempts starting over."""
         self._check_open()
-        return await self._guard(self._scripts.requeue_failed(job_id))
+        return await self._guard(partial(self._scripts.requeue_failed, new_token(), job_id))
 
     async def delete_failed(self, job_id: str) -> bool:
         self._check_open()
-        return await self._guard(self._scripts.delete_failed(job_id))
+        return await self._guard(partial(self._scripts.delete_failed, new_token(), job_id))
 
     async def pause(self) -> None:
         """Place nothing new (running and already assigned jobs go on) until :meth:`resume`."""
         self._check_open()
-        await self._guard(self._scripts.pause(True))
+        await self._guard(partial(self._scripts.pause, new_token(), True))
 
     async def resume(self) -> None:
         self._check_open()
-        await self._guard(self._scripts.pause(False))
+        await self._guard(partial(self._scripts.pause, new_token(), False))
 
     async def pause_tag(self, identify_tag: str) -> None:
         """Hold back one tag's pending tasks; other tags flow."""
         self._check_open()
-        await self._guard(self._scripts.pause(True, tag_id(identify_tag)))
+        await self._guard(partial(self._scripts.pause, new_token(), True, tag_id(identify_tag)))
 
     async def resume_tag(self, identify_tag: str) -> None:
         self._check_open()
-        await self._guard(self._scripts.pause(False, tag_id(identify_tag)))
+        await self._guard(partial(self._scripts.pause, new_token(), False, tag_id(identify_tag)))
 
     async def get_job(self, job_id: str) -> Job | None:
         self._check_open()
-        if not job_id.isdigit():
+        if not JOB_ID.match(job_id):
             return None
         fields: dict[str, str] = await self._guard(
-            self._redis.hgetall(self._keys.job(job_id))  # type: ignore[arg-type]
+            partial(self._redis.hgetall, self._keys.job(job_id))  # type: ignore[arg-type]
         )
         return Job.from_redis(job_id, fields) if fields else None
 
@@ -260,16 +275,23 @@ class QueueService:
         """Counts by status, every live worker's state and queue length, and the leader."""
         self._check_open()
         keys = self._keys
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(keys.counts)
-            pipe.zrange(keys.workers, 0, -1)
-            pipe.hgetall(keys.leader)
-            counts, worker_ids, leader = await self._guard(pipe.execute())
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for wid in worker_ids:
-                pipe.hgetall(keys.worker_state(wid))
-                pipe.llen(keys.worker_queue(wid))
-            per_worker = await self._guard(pipe.execute()) if worker_ids else []
+
+        async def overview() -> list[Any]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(keys.counts)
+                pipe.zrange(keys.workers, 0, -1)
+                pipe.hgetall(keys.leader)
+                return await pipe.execute()
+
+        async def per_worker_state() -> list[Any]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for wid in worker_ids:
+                    pipe.hgetall(keys.worker_state(wid))
+                    pipe.llen(keys.worker_queue(wid))
+                return await pipe.execute()
+
+        counts, worker_ids, leader = await self._guard(overview)
+        per_worker = await self._guard(per_worker_state) if worker_ids else []
         workers = [
             WorkerState.from_redis(wid, per_worker[2 * i], per_worker[2 * i + 1])
             for i, wid in enumerate(worker_ids)
@@ -299,11 +321,27 @@ class QueueService:
             raise PayloadTooLargeError(size, self.settings.max_payload_bytes, index)
         return valid, payload
 
-    async def _guard(self, call: Awaitable[T]) -> T:
-        try:
-            return await call
-        except (RedisConnectionError, RedisTimeoutError, OSError) as e:
-            raise QueueUnavailableError(self.name, e) from e
+    async def _guard(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Run ``call``, retrying it through a short outage or a failover for up to
+        REDIS_TIMEOUT; then :class:`QueueUnavailableError`. Calls that change state carry a
+        request token, so a retry after a lost reply never applies them twice."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.settings.redis_timeout_ms / 1000
+        delay_s = 0.02
+        sent = False  # whether any attempt may have reached Redis
+        while True:
+            try:
+                return await call()
+            except _TRANSIENT as e:
+                sent = sent or "connecting" not in str(e).lower()
+                if loop.time() + delay_s > give_up:
+                    raise QueueUnavailableError(self.name, e, maybe_written=sent) from e
+            except ResponseError as e:
+                if isinstance(e, OutOfMemoryError) or str(e).split(" ", 1)[0] in _REFUSED:
+                    raise QueueUnavailableError(self.name, e, maybe_written=False) from e
+                raise
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, 0.5)
 
 
 def _chunks(tasks: list[tuple[Task, str]]) -> Iterator[list[tuple[Task, str]]]:

@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
+from .errors import ConfigMismatchError
 from .keys import QueueKeys
 from .lua import Scripts
-from .retry import Connectivity
+from .retry import Connectivity, RedisTrouble
 from .settings import QueueSettings
 
 
@@ -28,3 +29,20 @@ class QueueRuntime:
 
     def __post_init__(self) -> None:
         self._keys = self.settings.keys
+
+    async def check_layout(self) -> None:
+        """Raise :class:`ConfigMismatchError` at start when the queue's running processes use
+        other worker prefixes. A read only, so start fails early and clearly; the ``register``
+        and ``elect`` scripts make the same check atomically. Skipped while Redis is down."""
+        k = self._keys
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hmget(k.config, ["wq_prefix", "ws_prefix"])
+                pipe.exists(k.leader)
+                pipe.zcard(k.workers)
+                theirs, leader, workers = await pipe.execute()
+        except RedisTrouble:
+            return
+        ours = k.script_keys[1:]
+        if theirs[0] is not None and tuple(theirs) != ours and (leader or workers):
+            raise ConfigMismatchError(self.name, ours, tuple(theirs))

@@ -20,7 +20,7 @@ from functools import partial
 from typing import TypeVar
 
 from .aio import cancel_and_wait
-from .errors import NotLeaderError
+from .errors import ConfigMismatchError, NotLeaderError
 from .keys import tag_id
 from .lua import TermConfig
 from .retry import RedisTrouble
@@ -31,13 +31,10 @@ from .worker import WAIT_CAP_S
 log = logging.getLogger("affinity_queue.scheduler")
 T = TypeVar("T")
 
-DISPATCH_BUDGET = 1000
+DISPATCH_BUDGET = 250
 """Jobs placed per dispatch call: bounds how long one script holds Redis."""
-REAP_BATCH = 100
-SWEEP_EVERY_TIMEOUTS = 10
-"""The SCAN sweep for orphaned worker keys walks the whole keyspace, so it runs when a term
-starts and then once per this many HEARTBEAT_TIMEOUTs; expired leases are reaped far more often,
-through their index."""
+REAP_BUDGET = 200
+"""Jobs handed back per reap call; more dead workers take more calls, between placements."""
 LEASE_SAFETY = 0.8
 """A leader acts only within this fraction of its lease, measured from when it asked to renew."""
 
@@ -82,17 +79,21 @@ class Scheduler(QueueRuntime):
         standby_wait_s = min(s.heartbeat_interval_ms / 1000, WAIT_CAP_S)
         while not self._stopping:
             asked_at = time.monotonic()
-            fence = await self._net.retry(
-                lambda: self._scripts.elect(
-                    self._token,
-                    s.election_lock_ttl_ms,
-                    self.node_id,
-                    socket.gethostname(),
-                    os.getpid(),
-                    _term_config(s),
-                ),
-                what="election",
-            )
+            try:
+                fence = await self._net.retry(
+                    lambda: self._scripts.elect(
+                        self._token,
+                        s.election_lock_ttl_ms,
+                        self.node_id,
+                        socket.gethostname(),
+                        os.getpid(),
+                        _term_config(s),
+                    ),
+                    what="election",
+                )
+            except ConfigMismatchError as e:
+                log.error("%s; this scheduler stops", e)
+                return
             if not fence:
                 await self._net.retry(
                     lambda: self._blocking.blpop([self._keys.election], timeout=standby_wait_s),
@@ -117,7 +118,6 @@ class Scheduler(QueueRuntime):
     async def _lead(self) -> None:
         renewing = asyncio.create_task(self._renew_loop())
         try:
-            await self._recover(sweep=True)  # startup recovery comes before the first placement
             await self._dispatch_loop()
         finally:
             await cancel_and_wait([renewing])
@@ -145,18 +145,14 @@ class Scheduler(QueueRuntime):
         s = self.settings
         interval_s = min(s.scheduler_interval_ms / 1000, WAIT_CAP_S)
         reap_every_s = s.heartbeat_interval_ms / 1000
-        sweep_every_s = SWEEP_EVERY_TIMEOUTS * s.heartbeat_timeout_ms / 1000
-        next_reap = time.monotonic() + reap_every_s
-        next_sweep = time.monotonic() + sweep_every_s
+        next_reap = 0.0  # a new term first recovers what the last one left
         while not self._stopping:
-            # Maintenance first: under a backlog that never ends, dispatch always has more.
+            # Maintenance first (under a backlog that never ends, dispatch always has more), one
+            # bounded call per round, so it never holds placement back for long.
             now = time.monotonic()
             if now >= next_reap:
-                sweep = now >= next_sweep
-                await self._recover(sweep=sweep)
-                next_reap = now + reap_every_s
-                if sweep:
-                    next_sweep = now + sweep_every_s
+                more_dead = await self._reap()
+                next_reap = now if more_dead else now + reap_every_s
             _, more, next_due_ms = await self._leader_call(
                 lambda: self._scripts.dispatch(self._fence, DISPATCH_BUDGET), "dispatch"
             )
@@ -166,37 +162,20 @@ class Scheduler(QueueRuntime):
             wait = partial(self._blocking.blpop, [self._keys.wake], timeout=wait_s)
             await self._leader_call(wait, "wait")
 
-    async def _recover(self, *, sweep: bool) -> None:
-        """Hand back the jobs of workers whose lease expired (found through the lease index)
-        and, when ``sweep``, of orphaned worker keys found by SCAN."""
-        self._check_term()
-        orphans = await self._leader_call(self._scan_orphans, "scan") if sweep else []
-        while True:
-            reap = partial(self._scripts.reap, self._fence, REAP_BATCH, orphans)
-            workers, jobs = await self._leader_call(reap, "reap")
-            if workers:
-                log.warning(
-                    "queue %s: recovered %d dead worker(s), %d job(s) back to their tags",
-                    self.name,
-                    workers,
-                    jobs,
-                )
-            orphans = []
-            if workers < REAP_BATCH:
-                return
-
-    async def _scan_orphans(self) -> list[str]:
-        """Worker ids that have keys but no lease: leftovers the index cannot find."""
-        k = self._keys
-        found: set[str] = set()
-        for pattern in k.scan_patterns:
-            async for key in self._redis.scan_iter(match=pattern, count=1000):
-                found.add(key.rsplit(":", 1)[-1])  # worker ids contain no ':'
-        if not found:
-            return []
-        ids = sorted(found)
-        scores = await self._redis.zmscore(k.workers, ids)
-        return [wid for wid, score in zip(ids, scores, strict=True) if score is None]
+    async def _reap(self) -> bool:
+        """Hand back the jobs of workers whose lease expired, found through the lease index
+        (every per-worker key is written only while its lease is valid, so nothing needs a
+        keyspace scan). Returns whether expired workers are left for the next round."""
+        reap = partial(self._scripts.reap, self._fence, REAP_BUDGET)
+        workers, jobs, more = await self._leader_call(reap, "reap")
+        if workers or jobs:
+            log.warning(
+                "queue %s: recovered %d dead worker(s), %d job(s) back to their tags",
+                self.name,
+                workers,
+                jobs,
+            )
+        return more
 
     async def _leader_call(self, call: Callable[[], Awaitable[T]], what: str) -> T:
         """Retry through Redis outages, but give up once the term may have expired."""

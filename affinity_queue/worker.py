@@ -12,14 +12,21 @@ import random
 import secrets
 import socket
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
 from .aio import cancel_and_wait
-from .errors import DataLostError, JobNotActiveError, LeaseLostError, PermanentFailure, Retry
+from .errors import (
+    ConfigMismatchError,
+    DataLostError,
+    JobNotActiveError,
+    LeaseLostError,
+    PermanentFailure,
+    Retry,
+)
 from .lua import RawJob
 from .models import JobContext
 from .queue import dumps
@@ -32,6 +39,8 @@ HandlerT = TypeVar("HandlerT", bound=Callable[..., Any])
 
 WAIT_CAP_S = 5.0
 """Longest single blocking wait: the client's socket timeout must exceed it."""
+HAND_BACK_BUDGET = 500
+"""Jobs one retire or deregister call hands back; a longer queue takes more calls."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,19 +159,26 @@ class WorkerService(QueueRuntime):
         # Queued jobs go back to their tags now; idle workers get a token so their wait ends.
         for wid in list(self._worker_ids.values()):
             with contextlib.suppress(LeaseLostError, *RedisTrouble):
-                await self._scripts.retire(wid)
-                await self._redis.rpush(self._keys.worker_wake(wid), "stop")
+                await self._give_back(self._scripts.retire, wid)
         grace_s = self.settings.shutdown_grace_period_ms / 1000
         _, late = await asyncio.wait(slots, timeout=grace_s)
         await cancel_and_wait([*late, heartbeat])
         for wid in list(self._worker_ids.values()):
             # A lost lease means the leader already recovered it; with Redis gone, it expires.
             with contextlib.suppress(LeaseLostError, *RedisTrouble):
-                await self._scripts.deregister(wid)
+                await self._give_back(self._scripts.deregister, wid)
         self._worker_ids.clear()
         self._tasks = []
         if self._executor:
             self._executor.shutdown(wait=False, cancel_futures=True)
+
+    @staticmethod
+    async def _give_back(
+        script: Callable[[str, int], Awaitable[tuple[int, bool]]], wid: str
+    ) -> None:
+        """Run ``retire`` or ``deregister`` until it is done: each call hands back one slice."""
+        while not (await script(wid, HAND_BACK_BUDGET))[1]:
+            pass
 
     # -- the loops --------------------------------------------------------------------------
     async def _run_slot(self, slot: int) -> None:
@@ -174,13 +190,16 @@ class WorkerService(QueueRuntime):
                 return
             except LeaseLostError:
                 log.warning("worker %s lost its lease; re-registering under a new id", wid)
+            except ConfigMismatchError as e:
+                log.error("%s; this worker stops", e)
+                return
             except Exception:
                 # A bug must not leave a registered worker that heartbeats but never works:
                 # hand its jobs back and start over under a new id.
                 log.exception("worker %s failed; handing its jobs back", wid or f"slot {slot}")
                 if wid:
                     with contextlib.suppress(Exception):
-                        await self._scripts.deregister(wid)
+                        await self._give_back(self._scripts.deregister, wid)
                 await asyncio.sleep(1)
             self._worker_ids.pop(slot, None)
             self._lost.discard(wid)

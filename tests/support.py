@@ -43,6 +43,11 @@ async def drained(queue: QueueService, total: int, *, timeout_s: float = 30.0) -
     )
 
 
+def order_of(job_id: str) -> int:
+    """The order number in a job id ``<order>-<token>``: jobs are added in this order."""
+    return int(job_id.split("-", 1)[0])
+
+
 @dataclass(frozen=True, slots=True)
 class Run:
     """One handler execution, as seen by the handler."""

@@ -19,7 +19,7 @@ from affinity_queue import AffinityQueue, Job, JobStatus, QueueSettings, Role
 
 from .app_support import CONSOLE_SCRIPT, Process, subprocess_env, until_serving, uvicorn
 from .redis_server import free_port
-from .support import wait_for
+from .support import order_of, wait_for
 
 
 @pytest.fixture
@@ -48,8 +48,9 @@ def _check_affinity(jobs: list[Job]) -> None:
     for job in jobs:
         by_tag[job.identify_tag].append(job)
     for tag, tag_jobs in by_tag.items():
-        runs = sorted(tag_jobs, key=lambda j: (j.started_at or datetime.min, int(j.id)))
-        assert [int(j.id) for j in runs] == sorted(int(j.id) for j in runs), f"{tag}: not FIFO"
+        runs = sorted(tag_jobs, key=lambda j: (j.started_at or datetime.min, order_of(j.id)))
+        order = [order_of(j.id) for j in runs]
+        assert order == sorted(order), f"{tag}: not FIFO"
         for earlier, later in itertools.pairwise(runs):
             assert earlier.finished_at and later.started_at
             assert later.started_at >= earlier.finished_at, f"{tag}: two workers at once"

@@ -15,9 +15,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from affinity_queue import AffinityQueue, QueueSettings
 from affinity_queue.keys import tag_id
-from affinity_queue.lua import AddOptions, Scripts, TermConfig, script_source
+from affinity_queue.lua import Scripts, TermConfig, new_token, script_source
 from affinity_queue.queue import QueueService
 
+from .engine import Engine, redis_ms
 from .redis_server import RedisServer
 from .support import wait_for
 
@@ -36,51 +37,6 @@ def reading(get: Callable[[], T]) -> Callable[[], Awaitable[T]]:
 
 def task(tag: str, payload: Any = None) -> dict[str, Any]:
     return {"type": "t", "identifyTag": tag, "payload": payload}
-
-
-async def redis_ms(client: aioredis.Redis) -> int:
-    seconds, micros = await client.time()
-    return int(seconds) * 1000 + int(micros) // 1000
-
-
-class Engine:
-    """The queue's scripts driven by hand: one leader term, workers registered by name."""
-
-    def __init__(self, client: aioredis.Redis, settings: QueueSettings) -> None:
-        self.redis = client
-        self.settings = settings
-        self.keys = settings.keys
-        self.scripts = Scripts(client, settings.keys, "default")
-        self.fence = 0
-
-    async def elect(self, **config: Any) -> None:
-        self.fence = await self.scripts.elect(
-            "token", 30_000, "node", "host", 1, TermConfig(**config)
-        )
-        assert self.fence > 0
-
-    async def register(self, *workers: str) -> None:
-        for w in workers:
-            await self.scripts.register(w, 60_000, "host", 1, "epoch")
-
-    async def add(self, tag: str, n: int) -> None:
-        await self.scripts.add([("t", tag, tag_id(tag), "null")] * n, AddOptions())
-
-    async def dispatch(self) -> int:
-        placed, _, _ = await self.scripts.dispatch(self.fence, 1000)
-        return placed
-
-    async def idle(self) -> list[Any]:
-        return await self.redis.zrange(self.keys.queue_prefix + "idle", 0, -1)
-
-    async def queued(self, worker: str) -> list[Any]:
-        return await self.redis.lrange(self.keys.worker_queue(worker), 0, -1)
-
-    async def worker_state(self, worker: str) -> dict[Any, Any]:
-        return await self.redis.hgetall(self.keys.worker_state(worker))
-
-    async def job(self, job_id: str) -> dict[Any, Any]:
-        return await self.redis.hgetall(self.keys.job(job_id))
 
 
 @pytest.fixture
@@ -224,7 +180,9 @@ async def test_a_retiring_worker_whose_job_is_retried_strictly_gets_no_new_work(
     w = "W1" if state["tag"] == "A" else "W2"
     job = await engine.scripts.advance(w, "", "", "", True)
     assert job is not None
-    await engine.scripts.retire(w)  # stopping: its queued jobs go back, the active one runs on
+    await engine.scripts.retire(
+        w, 1000
+    )  # stopping: its queued jobs go back, the active one runs on
     # The active job fails and is retried in strict order; a stopping worker takes nothing next.
     await engine.scripts.advance(w, job.id, "retry", '{"type":"x"}', False, 5000, "strict")
     assert w not in await engine.idle()
@@ -316,7 +274,7 @@ async def test_a_requeued_dead_letter_waits_behind_a_strict_retry_holding_its_ta
     fence = await scripts.elect("t", 60_000, "n", "h", 1, TermConfig(max_batch=10))
     await scripts.register("w1", 60_000, "h", 1, "e")
     tid = tag_id("T")
-    await scripts.add([("t", "T", tid, "0"), ("t", "T", tid, "1")])
+    await scripts.add(new_token(), [("t", "T", tid, "0"), ("t", "T", tid, "1")])
     await scripts.dispatch(fence, 10)
     first = await scripts.advance("w1", "", "", "", True)
     assert first is not None
@@ -325,7 +283,7 @@ async def test_a_requeued_dead_letter_waits_behind_a_strict_retry_holding_its_ta
     assert second is not None and second.id != first.id
     # The second job retries in strict order, 60 s out: it now holds the tag from its head.
     await scripts.advance("w1", second.id, "retry", '{"type":"E","message":"m"}', True, 60_000)
-    assert await scripts.requeue_failed(first.id)
+    assert await scripts.requeue_failed(new_token(), first.id)
     order = await redis_client.lrange(settings.keys.tag_queue("T"), 0, -1)
     assert order == [second.id, first.id]
     assert await redis_client.zscore(settings.keys._key("K_HELD"), tid) is not None

@@ -13,7 +13,7 @@ from affinity_queue import AffinityQueue, JobContext, JobStatus
 from affinity_queue.keys import tag_from_id
 from affinity_queue.queue import BULK_CHUNK
 
-from .support import Run, drained, overlaps, queue_keys, streaks, wait_for
+from .support import Run, drained, order_of, overlaps, queue_keys, streaks, wait_for
 
 
 def recording(aq: AffinityQueue, runs: list[Run], type_: str = "t", sleep_s: float = 0.0) -> None:
@@ -315,8 +315,9 @@ async def test_add_bulk_keeps_order_and_ids_across_chunks(make_settings) -> None
     jobs = await aq.queue().add_bulk(tasks)
     assert [j.payload for j in jobs] == list(range(n))
     assert [j.identify_tag for j in jobs] == [t["identifyTag"] for t in tasks]
-    ids = [int(j.id) for j in jobs]
+    ids = [order_of(j.id) for j in jobs]
     assert ids == list(range(ids[0], ids[0] + n)), "ids are not consecutive in add order"
+    assert len({j.id for j in jobs}) == n
     assert all(j.status is JobStatus.PENDING for j in jobs)
     for j in (jobs[0], jobs[BULK_CHUNK - 1], jobs[BULK_CHUNK], jobs[-1]):
         got = await aq.queue().get_job(j.id)

@@ -7,6 +7,8 @@ by several operations exist once. ``register_script`` caches the SHA and reloads
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 from dataclasses import dataclass, field
 from functools import cache
 from importlib.resources import files
@@ -16,6 +18,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from ..errors import (
+    ConfigMismatchError,
     DataLostError,
     JobNotActiveError,
     LeaseLostError,
@@ -47,6 +50,10 @@ SCRIPT_NAMES = (
 )
 
 
+HEARTBEAT_SLICE = 100
+"""Workers renewed per heartbeat call: keeps one call well under a millisecond or two."""
+
+
 @cache
 def script_source(name: str) -> str:
     """The text sent to Redis for one operation: the key names, the shared prelude, then the
@@ -57,6 +64,18 @@ def script_source(name: str) -> str:
         + lua.joinpath("_shared.lua").read_text()
         + lua.joinpath(f"{name}.lua").read_text()
     )
+
+
+def new_token() -> str:
+    """A request token: one per logical call, sent again by every retry of that call, so the
+    scripts that must not apply twice recognise the retry (64 random bits: no two calls in a
+    token's lifetime share one)."""
+    return secrets.token_hex(8)
+
+
+def job_id(order: int, token: str) -> str:
+    """The id of a job: its order number and the token of the call that added it (see add.lua)."""
+    return f"{order}-{token}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,9 +122,9 @@ class AddOptions:
 
 @dataclass(frozen=True, slots=True)
 class Added:
-    first_id: int
+    ids: list[str]
     now_ms: int
-    deduplicated: bool
+    deduplicated: bool  # ids holds the one job the deduplication key admitted earlier
     due_ms: int  # 0 = due now
 
 
@@ -139,6 +158,8 @@ class Scripts:
         return self._check(name, result, worker_id)
 
     def _check(self, name: str, result: Any, worker_id: str) -> Any:
+        if isinstance(result, list) and result and result[0] == ScriptCode.LAYOUT:
+            raise ConfigMismatchError(self._queue, tuple(self._keys[1:]), tuple(result[1:3]))
         if isinstance(result, int) and result < 0:
             match result:
                 case ScriptCode.LEASE_LOST:
@@ -154,13 +175,18 @@ class Scripts:
         return result
 
     async def add(
-        self, entries: list[tuple[str, str, str, str]], options: AddOptions = AddOptions()
+        self,
+        token: str,
+        entries: list[tuple[str, str, str, str]],
+        options: AddOptions = AddOptions(),
     ) -> Added:
-        """Enqueue ``(type, tag, tag id, payload JSON)`` entries; ids follow the first one."""
+        """Enqueue ``(type, tag, tag id, payload JSON)`` entries as one call with ``token``
+        (a retry with the same token adds nothing twice)."""
         flat = [field for entry in entries for field in entry]
         o = options
         reply = await self._call(
             "add",
+            token,
             len(entries),
             o.max_attempts,
             o.backoff_ms,
@@ -172,10 +198,13 @@ class Scripts:
             o.max_pending_per_tag,
             *flat,
         )
-        if int(reply[0]) == ScriptCode.TAG_FULL:
+        if reply[0] == ScriptCode.TAG_FULL:
             raise TagBacklogFullError(tag_from_id(reply[1]), o.max_pending_per_tag)
         first, now_ms, deduplicated, due_ms = reply
-        return Added(int(first), int(now_ms), bool(deduplicated), int(due_ms))
+        if deduplicated:
+            return Added([str(first)], int(now_ms), True, 0)
+        ids = [job_id(int(first) + i, token) for i in range(len(entries))]
+        return Added(ids, int(now_ms), False, int(due_ms))
 
     async def dispatch(self, fence: int, budget: int) -> tuple[int, bool, int]:
         """Returns (placed, more work waiting, ms until the next delayed job or held tag is due,
@@ -205,8 +234,8 @@ class Scripts:
         result = self._check("advance", reply, worker_id)
         return None if result == 0 else RawJob.from_reply(result)
 
-    async def cancel(self, job_id: str) -> str:
-        return str(await self._call("cancel", job_id))
+    async def cancel(self, token: str, job_id: str) -> str:
+        return str(await self._call("cancel", token, job_id))
 
     async def watch(self, job_id: str, for_ms: int) -> str | None:
         """The job's final status ('' if unknown), or None: it will publish when it finishes
@@ -214,42 +243,60 @@ class Scripts:
         result = await self._call("watch", job_id, for_ms)
         return None if result == 0 else str(result)
 
-    async def pause(self, on: bool, tid: str = "") -> None:
-        await self._call("pause", int(on), tid)
+    async def pause(self, token: str, on: bool, tid: str = "") -> None:
+        await self._call("pause", token, int(on), tid)
 
-    async def requeue_failed(self, job_id: str) -> bool:
-        return bool(await self._call("requeue_failed", job_id))
+    async def requeue_failed(self, token: str, job_id: str) -> bool:
+        return bool(await self._call("requeue_failed", token, job_id))
 
-    async def delete_failed(self, job_id: str) -> bool:
-        return bool(await self._call("delete_failed", job_id))
+    async def delete_failed(self, token: str, job_id: str) -> bool:
+        return bool(await self._call("delete_failed", token, job_id))
 
     async def register(self, worker_id: str, lease_ms: int, host: str, pid: int, epoch: str) -> str:
-        return str(await self._call("register", worker_id, lease_ms, host, pid, epoch))
+        """Returns the data set's epoch id; raises ConfigMismatchError when the queue's live
+        processes use other worker prefixes."""
+        (epoch,) = await self._call("register", worker_id, lease_ms, host, pid, epoch)
+        return str(epoch)
 
     async def heartbeat(
         self, epoch: str, lease_ms: int, worker_ids: list[str]
     ) -> tuple[list[str], list[str]]:
-        """Renews the leases; returns the ids whose lease was already gone, and the ids of
-        active jobs whose cancellation was requested."""
-        lost, cancel = await self._call("heartbeat", epoch, lease_ms, *worker_ids)
-        return list(lost), list(cancel)
+        """Renews the leases, HEARTBEAT_SLICE workers per call (a process may run 1,000);
+        returns the ids whose lease was already gone, and the ids of active jobs whose
+        cancellation was requested."""
+        lost: list[str] = []
+        cancel: list[str] = []
+        for i in range(0, len(worker_ids), HEARTBEAT_SLICE):
+            gone, flagged = await self._call(
+                "heartbeat", epoch, lease_ms, *worker_ids[i : i + HEARTBEAT_SLICE]
+            )
+            lost += gone
+            cancel += flagged
+        return lost, cancel
 
-    async def deregister(self, worker_id: str) -> int:
-        return int(await self._call("deregister", worker_id, worker_id=worker_id))
+    async def deregister(self, worker_id: str, budget: int) -> tuple[int, bool]:
+        """Hands back up to ``budget`` jobs; returns (jobs handed back, worker gone)."""
+        n, gone = await self._call("deregister", worker_id, budget, worker_id=worker_id)
+        return int(n), bool(gone)
 
-    async def retire(self, worker_id: str) -> int:
-        return int(await self._call("retire", worker_id, worker_id=worker_id))
+    async def retire(self, worker_id: str, budget: int) -> tuple[int, bool]:
+        """Hands back up to ``budget`` queued jobs; returns (jobs handed back, queue empty)."""
+        n, empty = await self._call("retire", worker_id, budget, worker_id=worker_id)
+        return int(n), bool(empty)
 
-    async def reap(self, fence: int, limit: int, orphans: list[str]) -> tuple[int, int]:
-        workers, jobs = await self._call("reap", fence, limit, *orphans)
-        return int(workers), int(jobs)
+    async def reap(self, fence: int, budget: int) -> tuple[int, int, bool]:
+        """Returns (workers recovered, jobs handed back, more expired workers left)."""
+        workers, jobs, more = await self._call("reap", fence, budget)
+        return int(workers), int(jobs), bool(more)
 
     async def elect(
         self, token: str, ttl_ms: int, node: str, host: str, pid: int, config: TermConfig
     ) -> int:
-        """Returns the new term's fencing number, or 0 when another node leads."""
+        """Returns the new term's fencing number, or 0 when another node leads; raises
+        ConfigMismatchError when the queue's live processes use other worker prefixes."""
         c = config
-        flat = [str(x) for pair in c.limits.items() for x in pair]
+        flat = [str(x) for pair in sorted(c.limits.items()) for x in pair]
+        digest = hashlib.sha1(" ".join(flat).encode()).hexdigest()
         return int(
             await self._call(
                 "elect",
@@ -264,6 +311,7 @@ class Scripts:
                 c.completed_ttl_ms,
                 c.keep_failed,
                 c.failed_ttl_ms,
+                digest,
                 *flat,
             )
         )

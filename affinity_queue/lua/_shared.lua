@@ -12,6 +12,19 @@
   In the counts hash, pending delayed assigned active are current numbers; completed failed
   cancelled count outcomes since the queue began.
 
+  Job ids are "<order>-<request token>": the order number comes from the seq counter and ranks
+  jobs and turns (no two share one), the token of the call that added the job makes the id name
+  one job for ever, across queues and across a counter that Redis lost or rolled back.
+
+  Rules every script keeps:
+  - It validates and sizes everything before its first write, so it cannot fail halfway (Redis
+    keeps what a failing script wrote). Redis refuses a script that would write while out of
+    memory at its first write, so OOM never splits one either.
+  - Its work per call is bounded whatever the data size: long jobs go in slices (TRIM_SLICE,
+    callers' budgets).
+  - It is safe to run twice with the same arguments (a client retry after a lost reply); each
+    header says why ("Safe to repeat").
+
   Time is read from Redis (TIME) rather than passed in: leases are compared across hosts, and one
   clock is what makes that comparison sound.
 ]]
@@ -21,6 +34,9 @@ local ERR_NOT_LEADER = -2
 local ERR_NOT_ACTIVE = -3
 local ERR_DATA_LOST = -4
 local ERR_TAG_FULL = -5
+local ERR_LAYOUT = -6
+local REQUEST_TTL_MS = 120000  -- how long a request token's reply is kept for a retry
+local TRIM_SLICE = 20  -- most retention entries one finish removes (per rule: age, count)
 
 local function now_ms()
   local t = rcall('TIME')
@@ -29,6 +45,21 @@ end
 
 local function int(n)
   return string.format('%d', n)
+end
+
+-- The order number of a job id ("<order>-<token>", or a bare number from before tokens).
+local function order_of(id)
+  return tonumber(string.match(id, '^%d+'))
+end
+
+-- Delayed-set members sort by their bytes among equal due times, so they carry the order
+-- number zero-padded: due together means in the order they were added.
+local function delayed_member(id)
+  return string.format('%015d', order_of(id)) .. string.sub(id, #string.match(id, '^%d+') + 1)
+end
+
+local function id_of_delayed(member)
+  return (string.gsub(member, '^0+', ''))
 end
 
 local function load_config()
@@ -44,6 +75,42 @@ local function tag_limit(tid, cfg)
   return tonumber(rcall('HGET', K_LIMITS, tid)) or cfg.limit
 end
 
+-- The reply a call with this request token already got, if it ran (see remember).
+local function replay(token)
+  if token == '' then return nil end
+  local r = rcall('GET', K_REQ .. token)
+  if r then return cjson.decode(r) end
+  return nil
+end
+
+-- Keep `reply` under the call's token for REQUEST_TTL_MS: a retry of the call after a lost reply
+-- gets it again instead of applying the call a second time.
+local function remember(token, reply)
+  if token ~= '' then rcall('SET', K_REQ .. token, cjson.encode(reply), 'PX', REQUEST_TTL_MS) end
+  return reply
+end
+
+-- The worker's lease expiry if it is still valid, else nil: an expired lease works nowhere,
+-- reaped or not, so a worker the leader may be recovering cannot start or renew anything.
+local function live_lease(w, now)
+  local expiry = tonumber(rcall('ZSCORE', K_WORKERS, w))
+  if expiry and expiry >= now then return expiry end
+  return nil
+end
+
+-- The queue's worker key layout is fixed while it has members: a process whose worker prefixes
+-- differ would write worker queues nobody reads. Returns the layout in use when this caller's
+-- differs, else nil (and records the caller's layout when the queue has nobody).
+local function check_layout()
+  local c = rcall('HMGET', K_CONFIG, 'wq_prefix', 'ws_prefix')
+  if c[1] == K_WQ and c[2] == K_WS then return nil end
+  if c[1] and (rcall('EXISTS', K_LEADER) == 1 or rcall('ZCARD', K_WORKERS) > 0) then
+    return { c[1], c[2] }
+  end
+  rcall('HSET', K_CONFIG, 'wq_prefix', K_WQ, 'ws_prefix', K_WS)
+  return nil
+end
+
 -- The bound worker of `tid` with the smallest batch, if it has room: (worker, batch) or nil.
 local function worker_with_room(tid, cfg)
   local least = rcall('ZRANGE', K_BOUND .. tid, 0, 0, 'WITHSCORES')
@@ -55,9 +122,10 @@ end
 
 -- File the tag under the ready set that matches its state (or none). Every change to a tag's
 -- pending list or bound workers ends with this call; dispatch relies on it to never scan.
--- The rank is the tag's head job id (oldest first), or its turn if later: a tag that gave up a
--- worker with work left queues behind the jobs that were waiting then, so tags take turns a
--- batch at a time and a flood on one tag cannot hold the others back.
+-- The rank is the order number of the tag's head job, or its turn if later: a tag that gave up
+-- a worker with work left queues behind the jobs that were waiting then, so tags take turns a
+-- batch at a time and a flood on one tag cannot hold the others back. Ranks come from one
+-- counter, so no two tags ever tie.
 local function refresh_tag(tid, cfg)
   local head = rcall('LINDEX', K_TAG .. tid, 0)
   local into = nil
@@ -70,85 +138,45 @@ local function refresh_tag(tid, cfg)
   elseif not head then
     rcall('HDEL', K_TURNS, tid)
   end
-  local rank = head
-  if into then rank = math.max(tonumber(head), tonumber(rcall('HGET', K_TURNS, tid)) or 0) end
+  local rank = nil
+  if into then rank = math.max(order_of(head), tonumber(rcall('HGET', K_TURNS, tid)) or 0) end
   for _, set in ipairs({ K_READY_BOUND, K_READY_NEW }) do
     if set == into then rcall('ZADD', set, rank, tid) else rcall('ZREM', set, tid) end
   end
 end
 
+local function wake_scheduler()
+  if rcall('LLEN', K_WAKE) == 0 then rcall('RPUSH', K_WAKE, '1') end
+end
+
 local function wake_scheduler_if_work()
   if rcall('ZCARD', K_READY_BOUND) > 0
       or (rcall('ZCARD', K_READY_NEW) > 0 and rcall('ZCARD', K_IDLE) > 0) then
-    if rcall('LLEN', K_WAKE) == 0 then rcall('RPUSH', K_WAKE, '1') end
+    wake_scheduler()
   end
 end
 
--- Unbind a running worker from its tag and make it idle (its queue is empty).
+-- Unbind a running worker from its tag and make it idle (its queue is empty). It remembers the
+-- tag and its batch: a new binding to the same tag continues that count (see dispatch).
 local function release(w, cfg)
   local state = K_WS .. w
-  local s = rcall('HMGET', state, 'status', 'tid')
+  local s = rcall('HMGET', state, 'status', 'tid', 'batch')
   if s[1] ~= 'running' then return end
   rcall('ZREM', K_BOUND .. s[2], w)
   if rcall('EXISTS', K_TAG .. s[2]) == 1 then
-    rcall('HSET', K_TURNS, s[2], tonumber(rcall('GET', K_SEQ)) + 0.5)
+    rcall('HSET', K_TURNS, s[2], rcall('INCR', K_SEQ))  -- a fresh order number: unique, later
   end
-  rcall('HSET', state, 'status', 'idle', 'tid', '', 'tag', '', 'batch', 0)
+  rcall('HSET', state, 'status', 'idle', 'tid', '', 'tag', '', 'batch', 0, 'last', s[2],
+    'streak', s[3])
   if rcall('HGET', state, 'retiring') ~= '1' then rcall('ZADD', K_IDLE, now_ms(), w) end
   refresh_tag(s[2], cfg)
   wake_scheduler_if_work()
 end
 
--- Put jobs back at the front of their tags, keeping the order of `ids`; status pending again.
--- Adds every tag touched to the set `tids`; returns how many jobs went back (an id whose job
--- record is gone is dropped).
-local function requeue_front(ids, tids)
-  local n = 0
-  for i = #ids, 1, -1 do
-    local job = K_JOB .. ids[i]
-    local tid = rcall('HGET', job, 'tid')
-    if tid then
-      rcall('LPUSH', K_TAG .. tid, ids[i])
-      rcall('HSET', job, 'status', 'pending', 'worker', '')
-      tids[tid] = true
-      n = n + 1
-    end
-  end
-  return n
-end
-
--- Put a worker's active job and queued jobs back at the front of their tags, in their original
--- order, and delete every trace of the worker. Used for graceful stops and for dead workers.
-local function hand_back(w, cfg)
-  local state = K_WS .. w
-  local s = rcall('HMGET', state, 'active', 'tid')
-  local ids = rcall('LRANGE', K_WQ .. w, 0, -1)
-  local n_assigned = #ids
-  local n_active = 0
-  if s[1] and s[1] ~= '' then
-    table.insert(ids, 1, s[1])
-    n_active = 1
-  end
-  local tids = {}
-  local n_back = requeue_front(ids, tids)
-  if s[2] and s[2] ~= '' then
-    rcall('ZREM', K_BOUND .. s[2], w)
-    tids[s[2]] = true
-  end
-  rcall('HINCRBY', K_COUNTS, 'assigned', int(-n_assigned))
-  rcall('HINCRBY', K_COUNTS, 'active', int(-n_active))
-  rcall('HINCRBY', K_COUNTS, 'pending', n_back)
-  rcall('DEL', state, K_WQ .. w, K_WAKEW .. w)
-  rcall('ZREM', K_WORKERS, w)
-  rcall('ZREM', K_IDLE, w)
-  for tid in pairs(tids) do refresh_tag(tid, cfg) end
-  wake_scheduler_if_work()
-  return n_back
-end
-
 -- Record the end of a job: its status and outcome, the retention index it joins (trimmed to
--- the newest `keep`, each record expiring after `ttl_ms`), and a notification when somebody
--- waits for it. `field` is 'result' or 'error'.
+-- the newest `keep` and to `ttl_ms`, TRIM_SLICE entries per call; each record expires after
+-- `ttl_ms` by itself), and a notification when somebody waits for it. `field` is 'result' or
+-- 'error'.
 local function finish(id, status, field, value, now)
   local job = K_JOB .. id
   rcall('HSET', job, 'status', status, 'finished', now, field, value)
@@ -158,8 +186,9 @@ local function finish(id, status, field, value, now)
   keep, ttl = tonumber(r[1]) or 100000, tonumber(r[2]) or 86400000
   rcall('PEXPIRE', job, ttl)
   rcall('ZADD', index, now, id)
-  rcall('ZREMRANGEBYSCORE', index, '-inf', now - ttl)
-  local excess = rcall('ZCARD', index) - keep
+  local expired = rcall('ZRANGEBYSCORE', index, '-inf', now - ttl, 'LIMIT', 0, TRIM_SLICE)
+  if #expired > 0 then rcall('ZREM', index, unpack(expired)) end
+  local excess = math.min(rcall('ZCARD', index) - keep, TRIM_SLICE)
   if excess > 0 then
     local popped = rcall('ZPOPMIN', index, excess)
     for i = 1, #popped, 2 do  -- member, score, member, score ...
@@ -187,6 +216,75 @@ local function add_history(id, error_json)
   if not h or h == '' or h == '[]' then h = '[' .. error_json .. ']'
   else h = string.sub(h, 1, -2) .. ',' .. error_json .. ']' end
   rcall('HSET', job, 'history', h)
+end
+
+-- Put jobs back at the front of their tags, keeping the order of `ids`; status pending again.
+-- Adds every tag touched to the set `tids`; returns how many jobs went back (an id whose job
+-- record is gone is dropped). A job whose cancellation was requested while it ran ends
+-- cancelled instead: it must not run again.
+local function requeue_front(ids, tids, now)
+  local n = 0
+  for i = #ids, 1, -1 do
+    local job = K_JOB .. ids[i]
+    local f = rcall('HMGET', job, 'tid', 'cancel')
+    if f[2] == '1' then
+      finish(ids[i], 'cancelled', 'error',
+        '{"type":"Cancelled","message":"cancelled while it ran; its worker stopped"}', now)
+    elseif f[1] then
+      rcall('LPUSH', K_TAG .. f[1], ids[i])
+      rcall('HSET', job, 'status', 'pending', 'worker', '')
+      tids[f[1]] = true
+      n = n + 1
+    end
+  end
+  return n
+end
+
+-- Move the last `budget` (>= 1) jobs queued to worker `w` back to the front of their tag; the
+-- worker takes nothing new meanwhile (its batch is marked full, it leaves the idle set).
+-- Returns the number of jobs moved and whether its queue is now empty.
+local function unqueue(w, cfg, budget, tids, now)
+  local state = K_WS .. w
+  rcall('HSET', state, 'retiring', '1')
+  rcall('ZREM', K_IDLE, w)
+  local tid = rcall('HGET', state, 'tid')
+  if tid and tid ~= '' and rcall('ZSCORE', K_BOUND .. tid, w) then
+    rcall('ZADD', K_BOUND .. tid, cfg.max_batch, w)
+    tids[tid] = true
+  end
+  local slice = rcall('LRANGE', K_WQ .. w, -budget, -1)
+  rcall('LTRIM', K_WQ .. w, 0, -#slice - 1)
+  count('assigned', -#slice)
+  count('pending', requeue_front(slice, tids, now))
+  return #slice, rcall('EXISTS', K_WQ .. w) == 0
+end
+
+-- Give back up to `budget` (>= 1) of a worker's jobs to the front of their tags, in their
+-- original order (its queued jobs from the tail, its active job last, so it lands in front), and
+-- once all are back delete every trace of the worker. Used for graceful stops and for dead
+-- workers; a worker with a long queue takes several calls, and stays unplaceable in between.
+-- Returns the number of jobs handled and whether the worker is gone.
+local function hand_back(w, cfg, budget)
+  local now = now_ms()
+  local tids = {}
+  local n, empty = unqueue(w, cfg, budget, tids, now)
+  local gone = false
+  if empty and n < budget then
+    local state = K_WS .. w
+    local s = rcall('HMGET', state, 'active', 'tid')
+    if s[1] and s[1] ~= '' then
+      count('active', -1)
+      count('pending', requeue_front({ s[1] }, tids, now))
+      n = n + 1
+    end
+    if s[2] and s[2] ~= '' then rcall('ZREM', K_BOUND .. s[2], w) end
+    rcall('DEL', state, K_WQ .. w, K_WAKEW .. w)
+    rcall('ZREM', K_WORKERS, w)
+    gone = true
+  end
+  for tid in pairs(tids) do refresh_tag(tid, cfg) end
+  wake_scheduler_if_work()
+  return n, gone
 end
 
 local function is_leader(fence)

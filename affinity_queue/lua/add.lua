@@ -6,37 +6,43 @@
   or a tag that looks empty while it holds work. The deduplication check and the per-tag limit
   are part of the same step, so two producers cannot both pass them.
 
-  KEYS: the shared table (see _shared.lua); uses job, tag, bound, seq, counts, ready:*, idle,
-        wake, config, limits, turns, delayed, held, paused-tags, dedupe.
-  ARGV[1]  n, the number of tasks
-  ARGV[2]  max attempts per task
-  ARGV[3]  retry backoff base in ms
-  ARGV[4]  timeout in ms (0 = none)
-  ARGV[5]  delay in ms before the tasks are due (0 = due now)
-  ARGV[6]  or the time they are due, in ms since the epoch (0 = use the delay); a time in the
+  Safe to repeat: the reply is kept under the call's request token, and a repeated call with the
+  token returns it without writing (a retry after a lost reply adds nothing twice).
+
+  KEYS: the shared table (see _shared.lua).
+  ARGV[1]  request token (random hex, one per call): also the suffix of the new jobs' ids
+  ARGV[2]  n, the number of tasks (at most 1000 per call: the caller chunks)
+  ARGV[3]  max attempts per task
+  ARGV[4]  retry backoff base in ms
+  ARGV[5]  timeout in ms (0 = none)
+  ARGV[6]  delay in ms before the tasks are due (0 = due now)
+  ARGV[7]  or the time they are due, in ms since the epoch (0 = use the delay); a time in the
            past means now
-  ARGV[7]  deduplication key, hex-encoded ('' = none; only with n = 1)
-  ARGV[8]  deduplication window in ms
-  ARGV[9]  most tasks of one tag that may wait to start (0 = no limit)
-  ARGV[10 + 4i..] for task i (0-based): type, identify_tag, tag id (hex), payload (JSON text)
-  Returns: {id of the first job (the others follow consecutively), Redis time in ms, 0,
-           due time in ms (0 = due now)};
-           {id of the existing job, time, 1} when the deduplication key is still taken;
+  ARGV[8]  deduplication key, hex-encoded ('' = none; only with n = 1)
+  ARGV[9]  deduplication window in ms
+  ARGV[10] most tasks of one tag that may wait to start (0 = no limit)
+  ARGV[11 + 4i..] for task i (0-based): type, identify_tag, tag id (hex), payload (JSON text)
+  Returns: {order number of the first job (job i's id is "<first + i>-<token>"), Redis time in
+           ms, 0, due time in ms (0 = due now)};
+           {id of the existing job, time, 1, 0} when the deduplication key is still taken;
            {ERR_TAG_FULL (-5), tag id} when a tag would exceed its limit (nothing written).
 ]]
-local n = tonumber(ARGV[1])
+local token = ARGV[1]
+local earlier = replay(token)
+if earlier then return earlier end
+local n = tonumber(ARGV[2])
 local now = now_ms()
-local dedupe = ARGV[7]
+local dedupe = ARGV[8]
 if dedupe ~= '' then
   local existing = rcall('GET', K_DEDUPE .. dedupe)
   -- A key that outlived its job's record (retention) admits the task again.
   if existing and rcall('EXISTS', K_JOB .. existing) == 1 then return { existing, now, 1, 0 } end
 end
-local limit = tonumber(ARGV[9])
+local limit = tonumber(ARGV[10])
 if limit > 0 then
   local adding = {}
   for i = 0, n - 1 do
-    local tid = ARGV[12 + i * 4]
+    local tid = ARGV[13 + i * 4]
     adding[tid] = (adding[tid] or 0) + 1
   end
   for tid, k in pairs(adding) do
@@ -50,35 +56,35 @@ if limit > 0 then
   end
 end
 local first = rcall('INCRBY', K_SEQ, n) - n + 1
-local due = now + tonumber(ARGV[5])
-if tonumber(ARGV[6]) > 0 then due = tonumber(ARGV[6]) end
+local due = now + tonumber(ARGV[6])
+if tonumber(ARGV[7]) > 0 then due = tonumber(ARGV[7]) end
 local delayed = due > now
 local status = 'pending'
 if delayed then status = 'delayed' end
 local fresh = {}
 for i = 0, n - 1 do
-  local b = 10 + i * 4
-  local id = int(first + i)
+  local b = 11 + i * 4
+  local id = int(first + i) .. '-' .. token
   local tid = ARGV[b + 2]
   rcall('HSET', K_JOB .. id, 'type', ARGV[b], 'tag', ARGV[b + 1], 'tid', tid,
     'payload', ARGV[b + 3], 'status', status, 'attempts', 0, 'created', now,
-    'max_attempts', ARGV[2], 'backoff', ARGV[3], 'timeout', ARGV[4])
+    'max_attempts', ARGV[3], 'backoff', ARGV[4], 'timeout', ARGV[5])
   if delayed then
     rcall('HSET', K_JOB .. id, 'due', due)
-    rcall('ZADD', K_DELAYED, due, id)
+    rcall('ZADD', K_DELAYED, due, delayed_member(id))
   elseif rcall('RPUSH', K_TAG .. tid, id) == 1 then
     fresh[tid] = true
   end
 end
-if dedupe ~= '' then rcall('SET', K_DEDUPE .. dedupe, int(first), 'PX', ARGV[8]) end
+if dedupe ~= '' then rcall('SET', K_DEDUPE .. dedupe, int(first) .. '-' .. token, 'PX', ARGV[9]) end
 count(status, n)
 -- Only a tag whose list was empty changes readiness: elsewhere the head is unchanged.
 local cfg = load_config()
 for tid in pairs(fresh) do refresh_tag(tid, cfg) end
 if delayed then
-  if rcall('LLEN', K_WAKE) == 0 then rcall('RPUSH', K_WAKE, '1') end  -- to re-plan its sleep
+  wake_scheduler()  -- to re-plan its sleep
 else
   wake_scheduler_if_work()
+  due = 0
 end
-if not delayed then due = 0 end
-return { first, now, 0, due }
+return remember(token, { first, now, 0, due })

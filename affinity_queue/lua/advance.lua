@@ -23,18 +23,21 @@
   ARGV[5]  '1' to start the next job, '0' when the worker is stopping
   ARGV[6]  for a retry: its delay in ms
   ARGV[7]  for a retry: 'strict' | 'relaxed' order
-  Idempotent under a lost reply: a retry of a call that already started a job gets that job again.
+  Safe to repeat: a job is finished only while it is the worker's active one (a repeat gets
+  ERR_NOT_ACTIVE, and the caller then asks again without finishing), and a worker that already
+  has an active job gets that job again instead of a new one.
 
   Returns: {id, type, identify_tag, payload, attempts, max_attempts, backoff ms, timeout ms} of
            the job now active; 0 when none;
-           ERR_LEASE_LOST (-1) when the worker's lease is gone (its jobs were handed elsewhere);
+           ERR_LEASE_LOST (-1) when the worker's lease is gone or expired (its jobs are handed
+           elsewhere: it must not start or finish anything);
            ERR_NOT_ACTIVE (-3) when the job to finish is not this worker's active job.
 ]]
 local w, finished, outcome = ARGV[1], ARGV[2], ARGV[3]
 local state = K_WS .. w
-if not rcall('ZSCORE', K_WORKERS, w) then return ERR_LEASE_LOST end
-local cfg = load_config()
 local now = now_ms()
+if not live_lease(w, now) then return ERR_LEASE_LOST end
+local cfg = load_config()
 local take_next = ARGV[5] == '1'
 if finished ~= '' then
   if rcall('HGET', state, 'active') ~= finished then return ERR_NOT_ACTIVE end
@@ -53,14 +56,14 @@ if finished ~= '' then
     add_history(finished, ARGV[4])
     local due = now + tonumber(ARGV[6])
     rcall('HSET', job, 'error', ARGV[4], 'due', due)
-    if rcall('LLEN', K_WAKE) == 0 then rcall('RPUSH', K_WAKE, '1') end  -- to re-plan its sleep
+    wake_scheduler()  -- to re-plan its sleep
     if ARGV[7] == 'strict' then
       local ids = rcall('LRANGE', K_WQ .. w, 0, -1)
       rcall('DEL', K_WQ .. w)
       count('assigned', -#ids)
       table.insert(ids, 1, finished)
       local tids = {}
-      count('pending', requeue_front(ids, tids))
+      count('pending', requeue_front(ids, tids, now))
       local tid = rcall('HGET', job, 'tid')
       -- GT: with concurrency > 1, a shorter retry must not shorten a longer one's hold.
       if tid then rcall('ZADD', K_HELD, 'GT', due, tid) end
@@ -69,7 +72,7 @@ if finished ~= '' then
       return 0
     end
     rcall('HSET', job, 'status', 'delayed', 'front', '1')
-    rcall('ZADD', K_DELAYED, due, finished)
+    rcall('ZADD', K_DELAYED, due, delayed_member(finished))
     count('delayed', 1)
   end
 end

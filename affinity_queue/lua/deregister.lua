@@ -4,9 +4,15 @@
   Atomic for the same reason as the reaper: the jobs must be back in their tags' lists and the tag
   unbound in the same instant, or they could be lost or run on two workers.
 
+  Safe to repeat: once the worker is gone a repeat answers ERR_LEASE_LOST and changes nothing.
+
   KEYS: the shared table (see _shared.lua).
   ARGV[1]  worker id
-  Returns: the number of jobs handed back; ERR_LEASE_LOST (-1) when the lease was already gone.
+  ARGV[2]  budget: the most jobs to hand back in this call (>= 1)
+  Returns: {jobs handed back, 1 when the worker is gone (else call again)}; ERR_LEASE_LOST (-1)
+           when the worker was already recovered.
 ]]
 if not rcall('ZSCORE', K_WORKERS, ARGV[1]) then return ERR_LEASE_LOST end
-return hand_back(ARGV[1], load_config())
+local n, gone = hand_back(ARGV[1], load_config(), tonumber(ARGV[2]))
+if gone then return { n, 1 } end
+return { n, 0 }

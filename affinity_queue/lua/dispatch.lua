@@ -6,13 +6,23 @@
   releasing its tag) could bind one tag twice or lose a job between the lists.
 
   Cost per placed job is O(log tags): the next tag comes from the head of a ready set, never from
-  a scan of the backlog.
+  a scan of the backlog; the budget bounds one call.
+
+  The batch rule: a worker binds a tag for at most MAX_BATCH_SIZE of its jobs in a row, and a new
+  binding to the tag it last released continues that count. A worker that has run a full batch
+  of a tag in a row is given another tag whenever one is placeable (another idle worker takes the
+  tag, or this worker takes the next ready tag); only when none is does it start a new batch.
+  Idle workers whose lease expired are never bound: they wait for the reaper.
+
+  Safe to repeat: fenced by the leader's number, and every step moves jobs forward from a state
+  it reads; a repeat places what is left.
 
   KEYS: the shared table (see _shared.lua).
   ARGV[1]  fence: the caller's fencing number; the script does nothing unless it still leads
-  ARGV[2]  budget: the most jobs to place in this call
-  Before placing, due delayed jobs join their tags (a relaxed retry at the front, a delayed task
-  at the end) and tags held by a strict retry whose delay has passed are let go.
+  ARGV[2]  budget: the most jobs to place in this call (and to move out of the delayed set)
+  Before placing, due delayed jobs join their tags (relaxed retries at the front, delayed tasks
+  at the end, each in the order they were added) and tags held by a strict retry whose delay has
+  passed are let go.
 
   Returns: {placed, more, next due} where more = 1 when the budget ran out with work left and
            next due is how many ms until the earliest delayed job or held tag is due (-1 = none);
@@ -23,17 +33,27 @@ local budget = tonumber(ARGV[2])
 local cfg = load_config()
 local now = now_ms()
 local touched = {}
-local due = rcall('ZRANGEBYSCORE', K_DELAYED, '-inf', now, 'LIMIT', 0, budget)
-for _, id in ipairs(due) do
-  rcall('ZREM', K_DELAYED, id)
+local fronts = {}  -- tag id -> relaxed retries that are due, to go back in front of the tag
+for _, member in ipairs(rcall('ZRANGEBYSCORE', K_DELAYED, '-inf', now, 'LIMIT', 0, budget)) do
+  rcall('ZREM', K_DELAYED, member)
+  local id = id_of_delayed(member)
   local f = rcall('HMGET', K_JOB .. id, 'tid', 'front')
   if f[1] then
-    if f[2] == '1' then rcall('LPUSH', K_TAG .. f[1], id) else rcall('RPUSH', K_TAG .. f[1], id) end
+    if f[2] == '1' then
+      fronts[f[1]] = fronts[f[1]] or {}
+      table.insert(fronts[f[1]], id)
+    else
+      rcall('RPUSH', K_TAG .. f[1], id)  -- members come in (due, order) order
+    end
     rcall('HSET', K_JOB .. id, 'status', 'pending')
     count('delayed', -1)
     count('pending', 1)
     touched[f[1]] = true
   end
+end
+for tid, ids in pairs(fronts) do
+  table.sort(ids, function(a, b) return order_of(a) < order_of(b) end)
+  for i = #ids, 1, -1 do rcall('LPUSH', K_TAG .. tid, ids[i]) end
 end
 for _, tid in ipairs(rcall('ZRANGEBYSCORE', K_HELD, '-inf', now, 'LIMIT', 0, budget)) do
   rcall('ZREM', K_HELD, tid)
@@ -50,6 +70,64 @@ local function next_due()
 end
 
 if rcall('HGET', K_CONFIG, 'paused') == '1' then return { 0, 0, next_due() } end
+
+-- The longest-idle worker whose lease is still valid, and its score, or nil. Expired ones leave
+-- the idle set (the reaper hands them back).
+local function pop_live_idle()
+  for _ = 1, 100 do
+    local popped = rcall('ZPOPMIN', K_IDLE)
+    if not popped[1] then return nil end
+    if live_lease(popped[1], now) then return popped[1], popped[2] end
+  end
+  return nil
+end
+
+-- How many jobs of `tid` worker `w` ran in a row before it went idle.
+local function streak_of(w, tid)
+  local st = rcall('HMGET', K_WS .. w, 'last', 'streak')
+  if st[1] == tid then return tonumber(st[2]) or 0 end
+  return 0
+end
+
+-- The next ready tag that may bind a new worker, other than `tid`, or nil.
+local function other_new_tag(tid)
+  for _, t in ipairs(rcall('ZRANGE', K_READY_NEW, 0, 1)) do
+    if t ~= tid then return t end
+  end
+  return nil
+end
+
+-- An idle worker to bind to `tid` under the batch rule: (worker, tag it binds, batch it starts
+-- from), or nil when no live worker is idle.
+local function worker_to_bind(tid)
+  local w, score = pop_live_idle()
+  if not w then return nil end
+  local streak = streak_of(w, tid)
+  if streak < cfg.max_batch then return w, tid, streak end
+  local other = pop_live_idle()
+  if other then
+    rcall('ZADD', K_IDLE, score, w)
+    streak = streak_of(other, tid)
+    if streak >= cfg.max_batch then streak = 0 end
+    return other, tid, streak
+  end
+  local alt = other_new_tag(tid)
+  if alt then return w, alt, 0 end
+  return w, tid, 0
+end
+
+local ghosts = rcall('SCARD', K_GHOSTS) > 0
+-- Pops up to k job ids of a tag, leaving out ids cancelled while they waited deep in the list.
+local function pop_jobs(tid, k)
+  local ids = rcall('LPOP', K_TAG .. tid, k) or {}
+  if not ghosts then return ids end
+  local live = {}
+  for _, id in ipairs(ids) do
+    if rcall('SREM', K_GHOSTS, id) == 0 then live[#live + 1] = id end
+  end
+  return live
+end
+
 local placed = 0
 local more = 0
 -- Each round places a job or takes a tag out of the ready sets (refresh_tag), so rounds are
@@ -75,18 +153,19 @@ while true do
   -- The ready sets say which tag; the tag's own state says how (rule a before rule b).
   local w, batch = worker_with_room(tid, cfg)
   local bind = false
+  local asked = tid
   if not w and rcall('ZCARD', K_BOUND .. tid) < tag_limit(tid, cfg) then
-    local popped = rcall('ZPOPMIN', K_IDLE)
-    if popped[1] then
-      w, batch, bind = popped[1], 0, true
-    end
+    w, tid, batch = worker_to_bind(tid)
+    bind = w ~= nil
+    if not bind then tid = asked end
   end
   if w then
-    local ids = rcall('LPOP', K_TAG .. tid, math.min(cfg.max_batch - batch, budget - placed, 1000))
-    if ids then
+    local ids = pop_jobs(tid, math.min(cfg.max_batch - batch, budget - placed, 1000))
+    if #ids > 0 then
       if bind then
         local tag = rcall('HGET', K_JOB .. ids[1], 'tag')
-        rcall('HSET', K_WS .. w, 'status', 'running', 'tid', tid, 'tag', tag, 'batch', 0)
+        rcall('HSET', K_WS .. w, 'status', 'running', 'tid', tid, 'tag', tag, 'batch', batch)
+        rcall('ZADD', K_BOUND .. tid, batch, w)
       end
       for _, id in ipairs(ids) do
         rcall('HSET', K_JOB .. id, 'status', 'assigned', 'worker', w)
@@ -99,9 +178,10 @@ while true do
       if bind then rcall('RPUSH', K_WAKEW .. w, '1') end
       placed = placed + #ids
     elseif bind then
-      rcall('ZADD', K_IDLE, now_ms(), w)
+      rcall('ZADD', K_IDLE, now, w)
     end
   end
   refresh_tag(tid, cfg)
+  if tid ~= asked then refresh_tag(asked, cfg) end
 end
 return { placed, more, next_due() }

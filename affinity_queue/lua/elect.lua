@@ -14,12 +14,21 @@
   ARGV[3]  node id, ARGV[4] host, ARGV[5] pid
   ARGV[6]  MAX_BATCH_SIZE, ARGV[7] default per-tag concurrency
   ARGV[8]  KEEP_COMPLETED, ARGV[9] COMPLETED_TTL (ms), ARGV[10] KEEP_FAILED, ARGV[11] FAILED_TTL
-  ARGV[12..] pairs of (tag id, concurrency limit)
-  Returns: the new fencing number; 0 when another candidate holds the lease.
-  A candidate that still holds the lease (its own term lapsed by its clock) starts a new term.
+  ARGV[12] digest of the limits that follow: they are rewritten only when it changed (10,000
+           limits take milliseconds to write)
+  ARGV[13..] pairs of (tag id, concurrency limit), any number (written in slices: Lua's unpack
+           takes a few thousand values at most, and a script must not fail after a write)
+  Returns: the new fencing number; 0 when another candidate holds the lease;
+           {ERR_LAYOUT (-6), worker queue prefix, worker state prefix} when the queue's live
+           processes use other worker prefixes (nothing written).
+  Safe to repeat: a candidate that still holds the lease (a retry, or its own term lapsed by its
+  clock) starts a new term with a higher fence; the earlier one is then stale.
 ]]
+if (#ARGV - 12) % 2 ~= 0 then return redis.error_reply('elect: limits must come in pairs') end
 local holder = rcall('HGET', K_LEADER, 'token')
 if holder and holder ~= ARGV[1] then return 0 end
+local theirs = check_layout()
+if theirs then return { ERR_LAYOUT, theirs[1], theirs[2] } end
 local now = now_ms()
 local fence = math.max((tonumber(rcall('GET', K_FENCE)) or 0) + 1, now)
 rcall('SET', K_FENCE, int(fence))
@@ -28,6 +37,11 @@ rcall('HSET', K_LEADER, 'token', ARGV[1], 'fence', int(fence), 'node', ARGV[3], 
 rcall('PEXPIRE', K_LEADER, ARGV[2])
 rcall('HSET', K_CONFIG, 'max_batch', ARGV[6], 'concurrency', ARGV[7], 'keep_completed', ARGV[8],
   'completed_ttl', ARGV[9], 'keep_failed', ARGV[10], 'failed_ttl', ARGV[11])
-rcall('DEL', K_LIMITS)
-if #ARGV > 11 then rcall('HSET', K_LIMITS, unpack(ARGV, 12)) end
+if rcall('HGET', K_CONFIG, 'limits_digest') ~= ARGV[12] then
+  rcall('DEL', K_LIMITS)
+  for i = 13, #ARGV, 1000 do
+    rcall('HSET', K_LIMITS, unpack(ARGV, i, math.min(i + 999, #ARGV)))
+  end
+  rcall('HSET', K_CONFIG, 'limits_digest', ARGV[12])
+end
 return fence

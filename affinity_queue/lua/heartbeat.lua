@@ -1,23 +1,27 @@
 --[[
   heartbeat: renew the leases of one process's workers.
 
-  Atomic so that a lease is only ever extended while it still exists: a worker the leader already
-  declared dead stays dead and must re-register under a new id. It also wakes a bound worker that
-  has work and runs nothing, in case its wake-up was lost.
+  Atomic so that a lease is only ever extended while it is still valid: a worker whose lease
+  expired (the leader may be recovering its jobs already, or did) stays dead and must re-register
+  under a new id. It also wakes a bound worker that has work and runs nothing, in case its wake-up
+  was lost.
+
+  Safe to repeat: renewing twice sets the same expiry; a spare wake-up token is harmless.
 
   KEYS: the shared table (see _shared.lua).
   ARGV[1]  the epoch id the process registered under
   ARGV[2]  lease length in ms
   ARGV[3..] worker ids
-  Returns: {ids whose lease was gone (not renewed), ids of active jobs whose cancellation was
+  Returns: {ids whose lease was gone or expired (not renewed), ids of active jobs whose cancellation was
            requested}; ERR_DATA_LOST (-4) when the epoch changed, i.e. Redis lost the queue's data.
 ]]
 if rcall('GET', K_EPOCH) ~= ARGV[1] then return ERR_DATA_LOST end
-local until_ms = now_ms() + tonumber(ARGV[2])
+local now = now_ms()
+local until_ms = now + tonumber(ARGV[2])
 local lost, cancel = {}, {}
 for i = 3, #ARGV do
   local w = ARGV[i]
-  if rcall('ZSCORE', K_WORKERS, w) then
+  if live_lease(w, now) then
     rcall('ZADD', K_WORKERS, until_ms, w)
     local st = rcall('HMGET', K_WS .. w, 'active', 'status')
     local active = st[1]

@@ -4,6 +4,8 @@
   Atomic so that a leader whose lease expired and was taken by another can never extend the
   successor's lease with a blind EXPIRE.
 
+  Safe to repeat: renewing twice leaves the same holder with a lease at least as long.
+
   KEYS: the shared table (see _shared.lua).
   ARGV[1]  token, ARGV[2] lease length in ms
   Returns: 1 when renewed, 0 when the caller no longer leads.

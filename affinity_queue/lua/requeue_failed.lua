@@ -4,15 +4,20 @@
   Atomic because leaving the dead-letter set and entering the tag must be one step: a job in both
   or in neither would run twice or never.
 
+  Safe to repeat: the reply is kept under the request token; a repeat returns it (without the
+  token a repeat finds the job no longer a dead letter and changes nothing).
+
   KEYS: the shared table (see _shared.lua).
-  ARGV[1]  job id
+  ARGV[1]  request token ('' = none)
+  ARGV[2]  job id
   Returns: 1 when requeued, 0 when the job is not a dead letter.
 ]]
-local id = ARGV[1]
-if rcall('ZREM', K_FAILED, id) == 0 then return 0 end
+local token, id = ARGV[1], ARGV[2]
+local earlier = replay(token)
+if earlier then return earlier end
 local job = K_JOB .. id
 local tid = rcall('HGET', job, 'tid')
-if not tid then return 0 end
+if not tid or rcall('ZREM', K_FAILED, id) == 0 then return remember(token, 0) end
 rcall('PERSIST', job)
 rcall('HSET', job, 'status', 'pending', 'attempts', 0, 'worker', '')
 rcall('HDEL', job, 'finished', 'error', 'due', 'front', 'cancel')
@@ -26,4 +31,4 @@ end
 count('pending', 1)
 refresh_tag(tid, load_config())
 wake_scheduler_if_work()
-return 1
+return remember(token, 1)

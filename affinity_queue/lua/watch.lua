@@ -4,6 +4,8 @@
   Atomic so that a job cannot finish between the caller's check and its request: either the job
   is finished now, or its finish will publish.
 
+  Safe to repeat: it only ever lengthens the watch.
+
   KEYS: the shared table (see _shared.lua).
   ARGV[1]  job id
   ARGV[2]  how long the caller will wait, in ms: until then the finish publishes and retention

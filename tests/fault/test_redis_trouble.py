@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 
 from affinity_queue import JobNotActiveError, QueueUnavailableError
 from affinity_queue.keys import tag_id
-from affinity_queue.lua import Scripts, TermConfig
+from affinity_queue.lua import Scripts, TermConfig, new_token
 
 from . import ledger
 from .conftest import (
@@ -28,6 +28,9 @@ pytestmark = pytest.mark.timeout(120)
 
 TAGS = [f"t{i}" for i in range(8)]
 DOWN_S = 3.0
+
+
+REDIS_TIMEOUT_S = 2.0  # the default REDIS_TIMEOUT: how long a producer call rides out an outage
 
 
 async def _timed_refusal(producer) -> float:
@@ -82,7 +85,7 @@ async def test_redis_restart_with_aof_loses_nothing(
         f"(down {restarted_at - down_at:.2f} s); repeated runs {len(ledger.repeated(runs))}; "
         f"outage warnings per node {_outage_logs(c)}"
     )
-    assert refused_s < 1.0
+    assert refused_s < REDIS_TIMEOUT_S + 1.0  # the library rides out REDIS_TIMEOUT first
     assert resumed - restarted_at < 5.0
     await assert_no_keys_command(server.url)
 
@@ -209,7 +212,9 @@ async def test_advance_retried_after_a_lost_reply_strands_no_job(redis_factory, 
         scripts = Scripts(client, settings.keys, "default")
         fence = await scripts.elect("token", 60_000, "node", "host", 1, TermConfig(max_batch=10))
         await scripts.register("w1", 60_000, "host", 1, "epoch")
-        await scripts.add([("work", "t", tag_id("t"), f'{{"seq": {i}}}') for i in range(3)])
+        await scripts.add(
+            new_token(), [("work", "t", tag_id("t"), f'{{"seq": {i}}}') for i in range(3)]
+        )
         assert (await scripts.dispatch(fence, 100))[:2] == (3, False)
 
         first = await scripts.advance("w1", "", "", "", True)  # its reply is "lost"

@@ -49,6 +49,7 @@ def test_script_header_documents_purpose_keys_and_every_argv(name: str) -> None:
     assert re.search(r"\batomic\b", header, re.I), f"{name}.lua: header does not say why atomic"
     assert "KEYS" in header, f"{name}.lua: header does not name its KEYS"
     assert "Returns" in header, f"{name}.lua: header does not document the return value"
+    assert "Safe to repeat:" in header, f"{name}.lua: header does not say how a repeat is safe"
 
     documented = {int(n) for n in ARGV_LITERAL.findall(header)}
     ranges = [int(n) for n in ARGV_RANGE.findall(header)]
