@@ -8,7 +8,8 @@
     ├── TagBacklogFullError        backpressure: the tag holds MAX_PENDING_PER_TAG waiting tasks
     ├── UnknownJobError            (also a KeyError) no job has that id (or it expired)
     ├── JobFailedError             wait_for(): the job failed or was cancelled
-    ├── QueueUnavailableError      Redis did not answer (`maybe_written`: it may still apply it)
+    ├── QueueUnavailableError      Redis did not answer (`maybe_written`: it may still apply it),
+    │                              or refused the password (`authentication_failed`)
     ├── UnknownQueueError          (also a KeyError) no queue of that name is declared
     ├── LifecycleError             start() twice, or a service used after aclose()
     └── ScriptError                a script answered with a code this library does not expect
@@ -22,6 +23,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 from typing import TYPE_CHECKING
+
+from redis.exceptions import AuthenticationError
 
 if TYPE_CHECKING:
     from .models import Job
@@ -87,12 +90,22 @@ class QueueUnavailableError(AffinityQueueError):
     ``maybe_written`` is False when no connection could be made (nothing was sent, so nothing was
     written). It is True when the command was sent and the answer never came (a timeout, a
     dropped connection): Redis may still have applied it, so a blind retry may add a task twice.
+
+    ``authentication_failed`` is True when Redis refused the password (nothing was written): fix
+    REDIS_PASSWORD or the password in REDIS_URL, retrying will not help.
     """
 
     def __init__(self, queue: str, cause: BaseException) -> None:
-        self.maybe_written = "connecting" not in str(cause).lower()
+        self.authentication_failed = isinstance(cause, AuthenticationError)
+        self.maybe_written = not self.authentication_failed and (
+            "connecting" not in str(cause).lower()
+        )
         outcome = "it may have been applied" if self.maybe_written else "nothing was written"
-        super().__init__(f"queue {queue!r}: Redis is unavailable ({cause}); {outcome}")
+        if self.authentication_failed:
+            what = "Redis authentication failed; check REDIS_PASSWORD or the password in REDIS_URL"
+        else:
+            what = "Redis is unavailable"
+        super().__init__(f"queue {queue!r}: {what} ({cause}); {outcome}")
         self.queue = queue
 
 

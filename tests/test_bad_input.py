@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
+from pydantic_settings import SettingsConfigDict
 
 from affinity_queue import (
     AffinityQueue,
@@ -303,7 +304,7 @@ def test_an_env_prefix_namespaces_every_variable(monkeypatch) -> None:
     assert QueueSettings(_env_file=None).max_batch_size == 5  # no prefix: the original names
 
     class Prefixed(QueueSettings):
-        model_config = {**QueueSettings.model_config, "env_prefix": "AQ_"}
+        model_config = SettingsConfigDict(**{**QueueSettings.model_config, "env_prefix": "AQ_"})
 
     assert Prefixed(_env_file=None).max_batch_size == 7
     monkeypatch.setenv("AQ_WORKER_COUNT", "0")
