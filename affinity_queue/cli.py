@@ -30,6 +30,7 @@ EXIT_ERROR = 1
 class UsageError(Exception):
     """TARGET is misspelt or names nothing: a one-line message, no traceback."""
 
+
 TARGET_HELP = (
     "where the AffinityQueue is, as MODULE:ATTRIBUTE (for example example_app.main:aq); "
     "importing the module registers its handlers"
