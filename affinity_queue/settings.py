@@ -152,7 +152,7 @@ def _with_password(url: str, password: str) -> str:
 
 class QueueSettings(BaseSettings):
     """Configuration of one queue. Environment variables win over ``.env``; keywords (by Python
-    name) win over both.
+    name or by variable name) win over both.
 
     A bad value raises ``pydantic.ValidationError`` at construction, naming the variable that was
     read (``AQ_MAX_BATCH_SIZE``, ``HIGH_PRIORITY__MAX_BATCH_SIZE``), never its value: a URL or a
@@ -371,9 +371,14 @@ class QueueSettings(BaseSettings):
         # An error names the variable that was read (AQ_MAX_BATCH_SIZE), however the value was
         # given: keyword arguments would otherwise be reported under the Python name.
         names: dict[str, str] = {}
-        if isinstance(data, dict) and _NAMES_KEY in data:
-            data = dict(data)
-            names = data.pop(_NAMES_KEY)
+        if isinstance(data, dict):
+            names = data.get(_NAMES_KEY, {})
+            # Keywords may use the variable's name too (REDIS_TIMEOUT=...), and then win.
+            fields = {v: f for f, v in cls.VARIABLES.items()}
+            data = {
+                **{k: v for k, v in data.items() if k not in fields and k != _NAMES_KEY},
+                **{fields[k]: v for k, v in data.items() if k in fields},
+            }
         try:
             return handler(data)
         except ValidationError as e:

@@ -268,8 +268,9 @@ def test_settings_are_read_from_the_environment(monkeypatch) -> None:
     assert (s.pending_queue_name, s.scheduler_interval_ms) == ("from-env", 250)
     assert s.identify_tag_concurrency.for_tag("vip") == 5
     assert s.identify_tag_concurrency.for_tag("other") == 2
-    # Keywords win over the environment.
+    # Keywords, by Python name or by variable name, win over the environment.
     assert QueueSettings(_env_file=None, max_batch_size=4).max_batch_size == 4
+    assert QueueSettings(_env_file=None, MAX_BATCH_SIZE=6).max_batch_size == 6  # type: ignore[call-arg]
     monkeypatch.setenv("IDENTIFY_TAG_CONCURRENCY", "4")
     assert QueueSettings(_env_file=None).identify_tag_concurrency.default == 4
 
