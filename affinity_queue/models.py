@@ -8,7 +8,15 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, JsonValue
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StringConstraints,
+)
 from pydantic.alias_generators import to_camel
 
 from .keys import tag_from_id
@@ -49,8 +57,17 @@ class Task(_Model):
 
     model_config = ConfigDict(extra="forbid")
 
-    type: Annotated[str, _bounded(MAX_TYPE_BYTES)]
-    identify_tag: Annotated[str, _bounded(MAX_TAG_BYTES)] = Field(
+    # The schema states what it can (length in characters, not blank); the validator counts bytes.
+    type: Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=MAX_TYPE_BYTES, pattern=r"\S"),
+        _bounded(MAX_TYPE_BYTES),
+    ]
+    identify_tag: Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=MAX_TAG_BYTES, pattern=r"\S"),
+        _bounded(MAX_TAG_BYTES),
+    ] = Field(
         validation_alias=AliasChoices("identifyTag", "identify_tag"),
         serialization_alias="identifyTag",
     )
