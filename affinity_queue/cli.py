@@ -12,15 +12,24 @@ import logging
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Sequence
+
+from pydantic import ValidationError
 
 from . import __version__
 from .core import AffinityQueue, _redacted
 from .errors import QueueUnavailableError
-from .settings import Role
+from .settings import QueueSettings, Role
 
 EXIT_USAGE = 2
 EXIT_FORCED = 1
+EXIT_ERROR = 1
+
+
+class UsageError(Exception):
+    """TARGET is misspelt or names nothing: a one-line message, no traceback."""
+
 
 TARGET_HELP = (
     "where the AffinityQueue is, as MODULE:ATTRIBUTE (for example example_app.main:aq); "
@@ -96,17 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
 def load_target(target: str, app_dir: str) -> AffinityQueue:
     """Import ``MODULE:ATTRIBUTE`` and return the :class:`AffinityQueue` it names.
 
-    Raises ``ValueError`` with a message for the user when it cannot.
+    Raises :class:`UsageError` when TARGET is misspelt or its module does not exist; any error
+    raised by the module's own code (a missing dependency included) propagates as it is.
     """
     module_name, sep, attribute = target.partition(":")
     if not sep or not module_name or not attribute:
-        raise ValueError(f"TARGET must look like MODULE:ATTRIBUTE, got {target!r}")
+        raise UsageError(f"TARGET must look like MODULE:ATTRIBUTE, got {target!r}")
     sys.path.insert(0, os.path.abspath(app_dir))
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
-        if e.name and module_name.startswith(e.name):
-            raise ValueError(
+        # Only TARGET's module (or a package on its path) missing is a usage error.
+        if e.name and (e.name == module_name or module_name.startswith(e.name + ".")):
+            raise UsageError(
                 f"cannot import {module_name!r} ({e}); run from the directory that contains it "
                 "or pass --app-dir"
             ) from e
@@ -116,9 +127,9 @@ def load_target(target: str, app_dir: str) -> AffinityQueue:
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise ValueError(f"module {module_name!r} has no attribute {attribute!r}") from None
+            raise UsageError(f"module {module_name!r} has no attribute {attribute!r}") from None
     if not isinstance(obj, AffinityQueue):
-        raise ValueError(f"{target} is a {type(obj).__name__}, not an AffinityQueue")
+        raise UsageError(f"{target} is a {type(obj).__name__}, not an AffinityQueue")
     return obj
 
 
@@ -130,9 +141,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         aq = load_target(args.target, args.app_dir)
-    except ValueError as e:
+    except UsageError as e:
         print(f"affinity-queue: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except ValidationError as e:
+        if e.title != QueueSettings.__name__:
+            raise
+        # A bad setting: the message names the variable (never its value); no traceback needed.
+        print(f"affinity-queue: error: importing {args.target}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception:
+        print(f"affinity-queue: error: importing {args.target} raised:", file=sys.stderr)
+        traceback.print_exc()
+        return EXIT_ERROR
     if args.command == "stats":
         return asyncio.run(_stats(aq))
     return asyncio.run(_run_worker(aq, args.target))

@@ -239,7 +239,17 @@ class AffinityQueue:
 
 
 def _redacted(url: str) -> str:
-    if "@" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    """``url`` fit for a log: no user part (even one holding an unescaped ``@``), no password in
+    the query."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "***"
+    base, q, query = rest.partition("?")
+    if "@" in base:  # the user part ends at the last "@" before the query
+        base = "***@" + base.rpartition("@")[2]
+    if q:
+        pairs = [p.partition("=") for p in query.split("&")]
+        query = "&".join(
+            f"{k}={'***' if k.lower() == 'password' else v}" if eq else k for k, eq, v in pairs
+        )
+    return f"{scheme}://{base}{q}{query}"

@@ -8,7 +8,8 @@
     ├── TagBacklogFullError        backpressure: the tag holds MAX_PENDING_PER_TAG waiting tasks
     ├── UnknownJobError            (also a KeyError) no job has that id (or it expired)
     ├── JobFailedError             wait_for(): the job failed or was cancelled
-    ├── QueueUnavailableError      Redis did not answer (`maybe_written`: it may still apply it)
+    ├── QueueUnavailableError      Redis did not answer (`maybe_written`: it may still apply it),
+    │                              or refused the password (`authentication_failed`)
     ├── UnknownQueueError          (also a KeyError) no queue of that name is declared
     ├── LifecycleError             start() twice, or a service used after aclose()
     ├── ConfigMismatchError        this process's worker prefixes differ from the running ones'
@@ -23,6 +24,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 from typing import TYPE_CHECKING
+
+from redis.exceptions import AuthenticationError
 
 if TYPE_CHECKING:
     from .models import Job
@@ -87,20 +90,28 @@ class QueueUnavailableError(AffinityQueueError):
 
     Before raising it the library retried the call for up to REDIS_TIMEOUT, with the call's
     request token, so a reply lost in transit never makes a task exist twice. ``maybe_written`` is
-    False when nothing reached Redis (no connection could be made, or Redis refused the call:
-    out of memory, MISCONF, BUSY). It is True when a command was sent and no answer came: Redis
-    may still have applied it, so a blind retry by the caller may add a task twice (give the task
-    a ``dedupe_key`` to make the caller's own retries safe).
+    False when nothing reached Redis (no connection could be made, the password was refused, or
+    Redis refused the call: out of memory, MISCONF, BUSY). It is True when a command was sent and
+    no answer came: Redis may still have applied it, so a blind retry by the caller may add a task
+    twice (give the task a ``dedupe_key`` to make the caller's own retries safe).
+
+    ``authentication_failed`` is True when Redis refused the password (nothing was written): fix
+    REDIS_PASSWORD or the password in REDIS_URL, retrying will not help.
     """
 
     def __init__(
         self, queue: str, cause: BaseException, *, maybe_written: bool | None = None
     ) -> None:
+        self.authentication_failed = isinstance(cause, AuthenticationError)
         if maybe_written is None:
             maybe_written = "connecting" not in str(cause).lower()
-        self.maybe_written = maybe_written
+        self.maybe_written = maybe_written and not self.authentication_failed
         outcome = "it may have been applied" if self.maybe_written else "nothing was written"
-        super().__init__(f"queue {queue!r}: Redis is unavailable ({cause}); {outcome}")
+        if self.authentication_failed:
+            what = "Redis authentication failed; check REDIS_PASSWORD or the password in REDIS_URL"
+        else:
+            what = "Redis is unavailable"
+        super().__init__(f"queue {queue!r}: {what} ({cause}); {outcome}")
         self.queue = queue
 
 

@@ -23,7 +23,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, status
+from starlette.requests import HTTPConnection
 
 from .core import DEFAULT_QUEUE, AffinityQueue
 from .errors import LifecycleError, UnknownQueueError
@@ -38,9 +39,10 @@ STATE_KEY = "affinity_queue"
 """The lifespan state key under which ``aq.lifespan`` yields the :class:`AffinityQueue`."""
 
 
-async def get_affinity_queue(request: Request) -> AffinityQueue:
-    """The :class:`AffinityQueue` that the app's lifespan started."""
-    aq = getattr(request.state, STATE_KEY, None)
+async def get_affinity_queue(conn: HTTPConnection) -> AffinityQueue:
+    """The :class:`AffinityQueue` that the app's lifespan started. Typed ``HTTPConnection``, not
+    ``Request``, so that WebSocket routes can depend on it too."""
+    aq = getattr(conn.state, STATE_KEY, None)
     if not isinstance(aq, AffinityQueue):
         raise LifecycleError(
             f"request.state has no {STATE_KEY!r}: create the app with "
@@ -50,19 +52,19 @@ async def get_affinity_queue(request: Request) -> AffinityQueue:
     return aq
 
 
-async def get_queue_service(request: Request) -> QueueService:
+async def get_queue_service(conn: HTTPConnection) -> QueueService:
     """The default queue's producer side."""
-    return (await get_affinity_queue(request)).queue()
+    return (await get_affinity_queue(conn)).queue()
 
 
-async def get_worker_service(request: Request) -> WorkerService:
+async def get_worker_service(conn: HTTPConnection) -> WorkerService:
     """The default queue's worker side (register handlers, see this process's worker ids)."""
-    return (await get_affinity_queue(request)).worker()
+    return (await get_affinity_queue(conn)).worker()
 
 
 def get_queue(
     name: str = DEFAULT_QUEUE, aq: AffinityQueue | None = None
-) -> Callable[[Request], Awaitable[QueueService]]:
+) -> Callable[[HTTPConnection], Awaitable[QueueService]]:
     """A dependency giving the :class:`QueueService` of the queue declared as ``name``.
 
     Pass the ``aq`` the app is built with to have an undeclared name raise
@@ -71,8 +73,8 @@ def get_queue(
     """
     _check(name, aq)
 
-    async def dependency(request: Request) -> QueueService:
-        return _named(await get_affinity_queue(request), name, AffinityQueue.queue)
+    async def dependency(conn: HTTPConnection) -> QueueService:
+        return _named(await get_affinity_queue(conn), name, AffinityQueue.queue)
 
     dependency.__name__ = f"get_queue_{name}"
     return dependency
@@ -80,12 +82,12 @@ def get_queue(
 
 def get_worker(
     name: str = DEFAULT_QUEUE, aq: AffinityQueue | None = None
-) -> Callable[[Request], Awaitable[WorkerService]]:
+) -> Callable[[HTTPConnection], Awaitable[WorkerService]]:
     """Like :func:`get_queue`, for the :class:`WorkerService` of the queue ``name``."""
     _check(name, aq)
 
-    async def dependency(request: Request) -> WorkerService:
-        return _named(await get_affinity_queue(request), name, AffinityQueue.worker)
+    async def dependency(conn: HTTPConnection) -> WorkerService:
+        return _named(await get_affinity_queue(conn), name, AffinityQueue.worker)
 
     dependency.__name__ = f"get_worker_{name}"
     return dependency

@@ -8,12 +8,38 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, JsonValue, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StringConstraints,
+)
 from pydantic.alias_generators import to_camel
 
 from .keys import tag_from_id
 
-NonEmpty = Annotated[str, StringConstraints(min_length=1)]
+MAX_TAG_BYTES = 1024
+"""Longest ``identify_tag``, in bytes of UTF-8: a tag is stored in several keys and members."""
+MAX_TYPE_BYTES = 256
+"""Longest task ``type``, in bytes of UTF-8."""
+
+
+def _bounded(limit: int) -> AfterValidator:
+    def check(value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty or only whitespace")
+        try:
+            size = len(value.encode())
+        except UnicodeEncodeError:
+            raise ValueError("must be valid Unicode (it holds a lone surrogate)") from None
+        if size > limit:
+            raise ValueError(f"is {size} bytes of UTF-8; at most {limit} are allowed")
+        return value
+
+    return AfterValidator(check)
 
 
 class _Model(BaseModel):
@@ -26,10 +52,22 @@ class _Model(BaseModel):
 
 
 class Task(_Model):
-    """What a producer submits. ``identifyTag`` and ``identify_tag`` are both accepted."""
+    """What a producer submits. ``identifyTag`` and ``identify_tag`` are both accepted; any other
+    field is refused, so a misspelt or unsupported option (``delaySeconds``) is not dropped."""
 
-    type: NonEmpty
-    identify_tag: NonEmpty = Field(
+    model_config = ConfigDict(extra="forbid")
+
+    # The schema states what it can (length in characters, not blank); the validator counts bytes.
+    type: Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=MAX_TYPE_BYTES, pattern=r"\S"),
+        _bounded(MAX_TYPE_BYTES),
+    ]
+    identify_tag: Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=MAX_TAG_BYTES, pattern=r"\S"),
+        _bounded(MAX_TAG_BYTES),
+    ] = Field(
         validation_alias=AliasChoices("identifyTag", "identify_tag"),
         serialization_alias="identifyTag",
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
@@ -29,7 +30,7 @@ from .keys import tag_id
 from .lua import AddOptions, Scripts, new_token
 from .models import CancelOutcome, Job, JobStatus, LeaderInfo, QueueStats, Task, WorkerState
 from .notify import Waiters
-from .settings import QueueSettings
+from .settings import MAX_ATTEMPTS_LIMIT, QueueSettings
 
 TaskLike = Task | Mapping[str, Any]
 T = TypeVar("T")
@@ -39,6 +40,10 @@ BULK_CHUNK_BYTES = 1 << 20
 """A script call in ``add_bulk`` carries at most ``BULK_CHUNK`` tasks and, unless one task alone
 is larger, ``BULK_CHUNK_BYTES`` of payload: enough to amortise the round trip, little enough that
 one call holds Redis for a few milliseconds, not seconds."""
+
+MAX_DURATION_S = 10 * 366 * 86_400
+"""The longest delay (or ``run_at`` ahead), timeout, backoff and dedupe window ``add`` accepts:
+ten years, far beyond any real use and far from where times in milliseconds overflow."""
 
 
 JOB_ID = re.compile(r"^[0-9]+(-[0-9a-f]+)?$")
@@ -178,16 +183,38 @@ class QueueService:
             raise InvalidTaskError("give delay_s or run_at, not both", field="run_at")
         if run_at is not None and run_at.tzinfo is None:
             raise InvalidTaskError("run_at must be timezone-aware", field="run_at")
-        if max_attempts is not None and max_attempts < 1:
-            raise InvalidTaskError("max_attempts must be at least 1", field="max_attempts")
-        if backoff_ms is not None and backoff_ms < 0:
-            raise InvalidTaskError("backoff_ms must be >= 0", field="backoff_ms")
+        if max_attempts is not None and not (
+            _is_int(max_attempts) and 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT
+        ):
+            raise InvalidTaskError(
+                f"max_attempts must be a whole number from 1 to {MAX_ATTEMPTS_LIMIT}",
+                field="max_attempts",
+            )
+        if backoff_ms is not None and not (
+            _is_int(backoff_ms) and 0 <= backoff_ms <= MAX_DURATION_S * 1000
+        ):
+            raise InvalidTaskError(
+                f"backoff_ms must be a whole number from 0 to {MAX_DURATION_S * 1000}",
+                field="backoff_ms",
+            )
+        run_at_ms = 0
+        if run_at is not None:
+            ahead_s = (run_at - datetime.now(UTC)).total_seconds()
+            if ahead_s > MAX_DURATION_S:
+                raise InvalidTaskError(
+                    f"run_at must be at most {MAX_DURATION_S} s (ten years) ahead", field="run_at"
+                )
+            run_at_ms = round(run_at.timestamp() * 1000)
+        delay_ms = 0
+        if delay_s is not None:
+            # A delay of zero or less means "now".
+            delay_ms = max(0, _duration_ms(delay_s, "delay_s", allow_zero=True))
         return AddOptions(
             max_attempts=max_attempts or s.max_attempts,
             backoff_ms=s.retry_backoff_ms if backoff_ms is None else backoff_ms,
             timeout_ms=_positive_ms(timeout_s, "timeout_s") if timeout_s is not None else 0,
-            delay_ms=max(0, round((delay_s or 0) * 1000)),
-            run_at_ms=round(run_at.timestamp() * 1000) if run_at is not None else 0,
+            delay_ms=delay_ms,
+            run_at_ms=run_at_ms,
             max_pending_per_tag=s.max_pending_per_tag,
         )
 
@@ -312,11 +339,17 @@ class QueueService:
             raise InvalidTaskError(f"task #{index}: {field}: {first['msg']}", field=field) from e
         try:
             payload = dumps(valid.payload)
+            size = len(payload.encode())
+        except UnicodeEncodeError as e:
+            raise InvalidTaskError(
+                f"task #{index}: payload holds a string that is not valid Unicode "
+                f"(a lone surrogate at position {e.start})",
+                field="payload",
+            ) from e
         except (TypeError, ValueError) as e:
             raise InvalidTaskError(
                 f"task #{index}: payload is not JSON-serialisable: {e}", field="payload"
             ) from e
-        size = len(payload.encode())
         if size > self.settings.max_payload_bytes:
             raise PayloadTooLargeError(size, self.settings.max_payload_bytes, index)
         return valid, payload
@@ -358,6 +391,24 @@ def _chunks(tasks: list[tuple[Task, str]]) -> Iterator[list[tuple[Task, str]]]:
 
 
 def _positive_ms(seconds: float | None, field: str) -> int:
-    if seconds is None or seconds <= 0:
-        raise InvalidTaskError(f"{field} must be a positive number of seconds", field=field)
-    return max(1, round(seconds * 1000))
+    return max(1, _duration_ms(seconds, field, allow_zero=False))
+
+
+def _duration_ms(seconds: float | None, field: str, *, allow_zero: bool) -> int:
+    """``seconds`` in milliseconds, if it is a finite number up to ``MAX_DURATION_S``."""
+    if (
+        not isinstance(seconds, int | float)
+        or isinstance(seconds, bool)
+        or not math.isfinite(seconds)
+        or seconds > MAX_DURATION_S
+        or (seconds <= 0 and not allow_zero)
+    ):
+        what = "a finite number" if allow_zero else "a positive finite number"
+        raise InvalidTaskError(
+            f"{field} must be {what} of seconds, at most {MAX_DURATION_S}", field=field
+        )
+    return round(seconds * 1000)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -8,7 +8,7 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from redis.exceptions import BusyLoadingError
+from redis.exceptions import AuthenticationError, BusyLoadingError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -62,7 +62,15 @@ class Connectivity:
                     if not failing:
                         failing = True
                         self._failing += 1
-                        if self._failing == 1:
+                        if self._failing == 1 and isinstance(e, AuthenticationError):
+                            self._log.error(
+                                "queue %s: Redis authentication failed (%s: %s); check "
+                                "REDIS_PASSWORD or the password in REDIS_URL; retrying",
+                                self.queue,
+                                what,
+                                e,
+                            )
+                        elif self._failing == 1:
                             self._log.warning(
                                 "queue %s: Redis unavailable (%s: %s); retrying with backoff",
                                 self.queue,

@@ -1,13 +1,22 @@
-"""QueueSettings: every knob, read from the environment and ``.env`` under the original's names."""
+"""QueueSettings: every knob, read from the environment and ``.env`` under the original's names.
+
+Each field reads one variable (``VARIABLES``). ``QueueSettings(_env_prefix="AQ_")`` (or a subclass
+with ``env_prefix`` in its ``model_config``) reads ``AQ_MAX_BATCH_SIZE`` etc. instead, and
+``QueueSettings.for_queue("high-priority")`` reads ``HIGH_PRIORITY__MAX_BATCH_SIZE`` first and
+falls back to ``MAX_BATCH_SIZE``, so a named queue can be configured on its own.
+"""
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Mapping
+from contextvars import ContextVar
 from enum import StrEnum
-from typing import Annotated, Any, Self
-from urllib.parse import quote
+from typing import Annotated, Any, ClassVar, Self
+from urllib.parse import parse_qs, quote, urlencode, urlsplit, urlunsplit
 
 from pydantic import (
-    AliasChoices,
     BaseModel,
     Field,
     ModelWrapValidatorHandler,
@@ -16,9 +25,20 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from .keys import NAME_PATTERN, QueueKeys
+
+MAX_ATTEMPTS_LIMIT = 1000
+"""The most runs a task may get (MAX_ATTEMPTS and ``add(max_attempts=)``)."""
+
+REDIS_SCHEMES = ("redis", "rediss", "unix", "memory")
 
 
 class Role(StrEnum):
@@ -50,139 +70,232 @@ class TagConcurrency(BaseModel):
         return self.limits.get(identify_tag, self.default)
 
 
-def _env(name: str, *, python_name: str) -> Any:
-    # Both the environment's name and the Python field name are accepted as keyword arguments.
-    return AliasChoices(name, python_name)
-
-
 Name = Annotated[str, Field(pattern=NAME_PATTERN.pattern)]
+
+_KEY_NAMES = ("pending_queue_name", "worker_queue_prefix", "worker_state_prefix")
+_NAMES_KEY = "__variables__"
+"""Where the settings source tells the validator which variable gave each field."""
+_queue_scope: ContextVar[str | None] = ContextVar("affinity_queue_settings_scope", default=None)
+
+
+def queue_variable_prefix(queue: str) -> str:
+    """``high-priority`` -> ``HIGH_PRIORITY__``: the prefix of a named queue's own variables."""
+    return re.sub(r"[^A-Z0-9]", "_", queue.upper()) + "__"
+
+
+class _Variables(PydanticBaseSettingsSource):
+    """Reads each field from its variable in the environment, then in ``.env``.
+
+    Names tried, first found wins: ``<prefix><QUEUE>__<NAME>`` (under :meth:`for_queue`), then
+    ``<prefix><NAME>``. A named queue's key names do not fall back: without their own variable
+    they are the plain ones with ``-<queue>`` appended, so the queue keeps keys of its own.
+    """
+
+    def __init__(
+        self,
+        settings_cls: type[BaseSettings],
+        env: EnvSettingsSource,
+        dotenv: EnvSettingsSource,
+    ) -> None:
+        super().__init__(settings_cls)
+        self._prefix = env.env_prefix
+        self._sources = (env.env_vars, dotenv.env_vars)
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        raise NotImplementedError  # __call__ reads every field itself
+
+    def _lookup(self, name: str) -> str | None:
+        for source in self._sources:
+            value = source.get(name.lower())  # both sources fold names to lower case
+            if value:  # empty means "not set", as REDIS_URL= in .env.example
+                return value
+        return None
+
+    def __call__(self) -> dict[str, Any]:
+        queue = _queue_scope.get()
+        data: dict[str, Any] = {}
+        names: dict[str, str] = {}
+        for field, variable in QueueSettings.VARIABLES.items():
+            plain = self._prefix + variable
+            names[field] = plain
+            if queue is not None:
+                own = self._prefix + queue_variable_prefix(queue) + variable
+                if (value := self._lookup(own)) is not None:
+                    data[field], names[field] = value, own
+                    continue
+                if field in _KEY_NAMES:
+                    default = QueueSettings.model_fields[field].default
+                    data[field] = f"{self._lookup(plain) or default}-{queue}"
+                    continue
+            if (value := self._lookup(plain)) is not None:
+                data[field] = value
+        data[_NAMES_KEY] = names
+        return data
+
+
+def url_password(url: str) -> str | None:
+    """The password a Redis URL carries, in its user part or as ``?password=``."""
+    parts = urlsplit(url)
+    if parts.password:
+        return parts.password
+    return next(iter(parse_qs(parts.query).get("password", [])), None)
+
+
+def _with_password(url: str, password: str) -> str:
+    if url.startswith("unix:"):
+        return f"{url}{'&' if '?' in url else '?'}{urlencode({'password': password})}"
+    parts = urlsplit(url)
+    user, _, host = parts.netloc.rpartition("@")
+    netloc = f"{user.partition(':')[0]}:{quote(password, safe='')}@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class QueueSettings(BaseSettings):
-    """Configuration of one queue. Environment variables win over ``.env``; keywords win over both.
+    """Configuration of one queue. Environment variables win over ``.env``; keywords (by Python
+    name or by variable name) win over both.
 
-    A bad value raises ``pydantic.ValidationError`` at construction, naming the variable.
+    A bad value raises ``pydantic.ValidationError`` at construction, naming the variable that was
+    read (``AQ_MAX_BATCH_SIZE``, ``HIGH_PRIORITY__MAX_BATCH_SIZE``), never its value: a URL or a
+    password must not end up in a log.
     """
 
     model_config = SettingsConfigDict(
         env_file=".env",
         env_ignore_empty=True,  # REDIS_URL= in a .env file means "not set"
         extra="ignore",
-        populate_by_name=True,
         validate_default=True,
+        hide_input_in_errors=True,
     )
 
-    redis_url: str | None = Field(None, validation_alias=_env("REDIS_URL", python_name="redis_url"))
-    """Overrides REDIS_HOST/PORT/PASSWORD/DB. ``memory://`` runs on an in-process store."""
-    redis_host: str = Field(
-        "localhost", validation_alias=_env("REDIS_HOST", python_name="redis_host")
-    )
-    redis_port: int = Field(
-        6379, ge=1, le=65535, validation_alias=_env("REDIS_PORT", python_name="redis_port")
-    )
-    redis_password: SecretStr | None = Field(
-        None, validation_alias=_env("REDIS_PASSWORD", python_name="redis_password")
-    )
-    redis_db: int = Field(0, ge=0, validation_alias=_env("REDIS_DB", python_name="redis_db"))
-    redis_timeout_ms: int = Field(
-        2000, ge=50, validation_alias=_env("REDIS_TIMEOUT", python_name="redis_timeout_ms")
-    )
+    VARIABLES: ClassVar[Mapping[str, str]] = {
+        "redis_url": "REDIS_URL",
+        "redis_host": "REDIS_HOST",
+        "redis_port": "REDIS_PORT",
+        "redis_password": "REDIS_PASSWORD",
+        "redis_db": "REDIS_DB",
+        "redis_timeout_ms": "REDIS_TIMEOUT",
+        "pending_queue_name": "PENDING_QUEUE_NAME",
+        "worker_queue_prefix": "WORKER_QUEUE_PREFIX",
+        "worker_state_prefix": "WORKER_STATE_PREFIX",
+        "max_batch_size": "MAX_BATCH_SIZE",
+        "worker_count": "WORKER_COUNT",
+        "scheduler_interval_ms": "SCHEDULER_INTERVAL",
+        "app_role": "APP_ROLE",
+        "election_lock_ttl_ms": "ELECTION_LOCK_TTL",
+        "heartbeat_interval_ms": "HEARTBEAT_INTERVAL",
+        "heartbeat_timeout_ms": "HEARTBEAT_TIMEOUT",
+        "identify_tag_concurrency": "IDENTIFY_TAG_CONCURRENCY",
+        "max_payload_bytes": "MAX_PAYLOAD_BYTES",
+        "max_attempts": "MAX_ATTEMPTS",
+        "retry_backoff_ms": "RETRY_BACKOFF",
+        "retry_backoff_max_ms": "RETRY_BACKOFF_MAX",
+        "retry_order": "RETRY_ORDER",
+        "task_timeout_ms": "TASK_TIMEOUT",
+        "keep_completed": "KEEP_COMPLETED",
+        "completed_ttl_ms": "COMPLETED_TTL",
+        "keep_failed": "KEEP_FAILED",
+        "failed_ttl_ms": "FAILED_TTL",
+        "max_pending_per_tag": "MAX_PENDING_PER_TAG",
+        "shutdown_grace_period_ms": "SHUTDOWN_GRACE_PERIOD",
+    }
+    """The variable each field reads (before any prefix): the original package's names."""
+
+    redis_url: str | None = Field(None)
+    """Overrides REDIS_HOST/PORT/DB (redis://, rediss://, unix:// or memory://, an in-process
+    store). REDIS_PASSWORD fills in a URL without a password; a URL with one plus REDIS_PASSWORD
+    is an error."""
+    redis_host: str = Field("localhost")
+    redis_port: int = Field(6379, ge=1, le=65535)
+    redis_password: SecretStr | None = Field(None)
+    redis_db: int = Field(0, ge=0)
+    redis_timeout_ms: int = Field(2000, ge=50)
     """How long one command may take before it fails (a producer then gets
     QueueUnavailableError). Blocking waits get this on top of their own timeout."""
 
     pending_queue_name: Name = Field(
         "pending-tasks",
-        validation_alias=_env("PENDING_QUEUE_NAME", python_name="pending_queue_name"),
     )
     worker_queue_prefix: Name = Field(
         "worker-queue",
-        validation_alias=_env("WORKER_QUEUE_PREFIX", python_name="worker_queue_prefix"),
     )
     worker_state_prefix: Name = Field(
         "worker-state",
-        validation_alias=_env("WORKER_STATE_PREFIX", python_name="worker_state_prefix"),
     )
 
-    max_batch_size: int = Field(
-        10, ge=1, le=100_000, validation_alias=_env("MAX_BATCH_SIZE", python_name="max_batch_size")
-    )
-    worker_count: int = Field(
-        1, ge=1, le=1000, validation_alias=_env("WORKER_COUNT", python_name="worker_count")
-    )
+    max_batch_size: int = Field(10, ge=1, le=100_000)
+    worker_count: int = Field(1, ge=1, le=1000)
     scheduler_interval_ms: int = Field(
         1000,
         ge=10,
-        validation_alias=_env("SCHEDULER_INTERVAL", python_name="scheduler_interval_ms"),
     )
-    app_role: Role = Field(Role.BOTH, validation_alias=_env("APP_ROLE", python_name="app_role"))
+    app_role: Role = Field(Role.BOTH)
     election_lock_ttl_ms: int = Field(
         30_000,
         ge=100,
-        validation_alias=_env("ELECTION_LOCK_TTL", python_name="election_lock_ttl_ms"),
     )
     heartbeat_interval_ms: int = Field(
         10_000,
         ge=10,
-        validation_alias=_env("HEARTBEAT_INTERVAL", python_name="heartbeat_interval_ms"),
     )
     heartbeat_timeout_ms: int = Field(
         60_000,
         ge=100,
-        validation_alias=_env("HEARTBEAT_TIMEOUT", python_name="heartbeat_timeout_ms"),
     )
     identify_tag_concurrency: TagConcurrency = Field(
         TagConcurrency(),
-        validation_alias=_env("IDENTIFY_TAG_CONCURRENCY", python_name="identify_tag_concurrency"),
     )
-    """A number (every tag), or JSON ``{"default": 1, "tenant-a": 3}``."""
-    max_payload_bytes: int = Field(
-        1_048_576, ge=1, validation_alias=_env("MAX_PAYLOAD_BYTES", python_name="max_payload_bytes")
-    )
-    max_attempts: int = Field(
-        1, ge=1, le=1000, validation_alias=_env("MAX_ATTEMPTS", python_name="max_attempts")
-    )
+    """A number (every tag); JSON ``{"default": 1, "tenant-a": 3}``; or, to name any tag (even
+    one called ``default``), ``{"default": 1, "limits": {"default": 3}}``."""
+    max_payload_bytes: int = Field(1_048_576, ge=1)
+    max_attempts: int = Field(1, ge=1, le=MAX_ATTEMPTS_LIMIT)
     """Runs a task gets before it fails for good (1 = no retries); ``add(max_attempts=)`` wins."""
-    retry_backoff_ms: int = Field(
-        1000, ge=0, validation_alias=_env("RETRY_BACKOFF", python_name="retry_backoff_ms")
-    )
+    retry_backoff_ms: int = Field(1000, ge=0)
     """Base of the exponential backoff: retry n waits a random time up to base * 2**(n-1)."""
     retry_backoff_max_ms: int = Field(
         3_600_000,
         ge=0,
-        validation_alias=_env("RETRY_BACKOFF_MAX", python_name="retry_backoff_max_ms"),
     )
-    retry_order: RetryOrder = Field(
-        RetryOrder.STRICT, validation_alias=_env("RETRY_ORDER", python_name="retry_order")
-    )
+    retry_order: RetryOrder = Field(RetryOrder.STRICT)
     """strict: a retrying task keeps its place at the head of its tag and later tasks wait;
     relaxed: the tag goes on and the retry re-enters when due."""
-    task_timeout_ms: int = Field(
-        0, ge=0, validation_alias=_env("TASK_TIMEOUT", python_name="task_timeout_ms")
-    )
+    task_timeout_ms: int = Field(0, ge=0)
     """Default handler timeout (0 = none); per type or per task settings win."""
-    keep_completed: int = Field(
-        100_000, ge=1, validation_alias=_env("KEEP_COMPLETED", python_name="keep_completed")
-    )
-    completed_ttl_ms: int = Field(
-        86_400_000, ge=1, validation_alias=_env("COMPLETED_TTL", python_name="completed_ttl_ms")
-    )
-    keep_failed: int = Field(
-        100_000, ge=1, validation_alias=_env("KEEP_FAILED", python_name="keep_failed")
-    )
-    failed_ttl_ms: int = Field(
-        604_800_000, ge=1, validation_alias=_env("FAILED_TTL", python_name="failed_ttl_ms")
-    )
-    max_pending_per_tag: int = Field(
-        0, ge=0, validation_alias=_env("MAX_PENDING_PER_TAG", python_name="max_pending_per_tag")
-    )
+    keep_completed: int = Field(100_000, ge=1)
+    completed_ttl_ms: int = Field(86_400_000, ge=1)
+    keep_failed: int = Field(100_000, ge=1)
+    failed_ttl_ms: int = Field(604_800_000, ge=1)
+    max_pending_per_tag: int = Field(0, ge=0)
     """Backpressure: ``add`` raises TagBacklogFullError past this many pending tasks of one
     tag (0 = no limit)."""
     shutdown_grace_period_ms: int = Field(
         30_000,
         ge=0,
-        validation_alias=_env("SHUTDOWN_GRACE_PERIOD", python_name="shutdown_grace_period_ms"),
     )
     """How long a stopping worker lets its running task finish before cancelling it."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        assert isinstance(env_settings, EnvSettingsSource)
+        assert isinstance(dotenv_settings, EnvSettingsSource)
+        return init_settings, _Variables(settings_cls, env_settings, dotenv_settings)
+
+    @classmethod
+    def for_queue(cls, queue: str, **values: Any) -> Self:
+        """The settings of the named queue ``queue``: ``<QUEUE>__<NAME>`` variables first (``-``
+        and other signs become ``_``), then the plain ones; its key names default to the plain
+        ones with ``-<queue>`` appended."""
+        token = _queue_scope.set(queue)
+        try:
+            return cls(**values)
+        finally:
+            _queue_scope.reset(token)
 
     @field_validator("app_role", mode="before")
     @classmethod
@@ -194,18 +307,45 @@ class QueueSettings(BaseSettings):
     def _order_any_case(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
 
+    @field_validator("redis_url")
+    @classmethod
+    def _known_scheme(cls, value: str | None) -> str | None:
+        # The message never repeats the URL: it may hold a password.
+        scheme, sep, _ = (value or "").partition("://")
+        if value is not None and (not sep or scheme.lower() not in REDIS_SCHEMES):
+            raise ValueError(
+                "must be a URL starting with redis://, rediss://, unix:// or memory:// "
+                "(for example redis://localhost:6379/0)"
+            )
+        return value
+
     @field_validator("identify_tag_concurrency", mode="before")
     @classmethod
     def _concurrency_shapes(cls, value: Any) -> Any:
-        if isinstance(value, int | str) and not isinstance(value, bool):
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ValueError(
+                    'must be a number, or JSON such as {"default": 1, "tenant-a": 3}'
+                ) from None
+        if isinstance(value, int) and not isinstance(value, bool):
             return {"default": value}
-        if isinstance(value, dict) and "limits" not in value:
+        # {"default": 1, "limits": {...}} can name any tag; the flat form every tag but "default"
+        # (and a tag "limits" whose value is not an object).
+        if isinstance(value, dict) and not (
+            isinstance(value.get("limits"), dict) and value.keys() <= {"default", "limits"}
+        ):
             limits = {k: v for k, v in value.items() if k != "default"}
             return {"default": value.get("default", 1), "limits": limits}
         return value
 
     @model_validator(mode="after")
     def _timings_agree(self) -> Self:
+        if self.redis_url and self.redis_password and url_password(self.redis_url):
+            raise ValueError(
+                "REDIS_URL has a password and REDIS_PASSWORD is set too: keep only one of them"
+            )
         if self.worker_queue_prefix == self.worker_state_prefix:
             raise ValueError(
                 "WORKER_QUEUE_PREFIX and WORKER_STATE_PREFIX must differ "
@@ -228,17 +368,36 @@ class QueueSettings(BaseSettings):
     @model_validator(mode="wrap")
     @classmethod
     def _errors_name_variables(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
-        # An error names the environment variable (MAX_BATCH_SIZE), however the value was given:
-        # keyword arguments would otherwise be reported under the Python name (max_batch_size).
+        # An error names the variable that was read (AQ_MAX_BATCH_SIZE), however the value was
+        # given: keyword arguments would otherwise be reported under the Python name.
+        names: dict[str, str] = {}
+        if isinstance(data, dict):
+            names = data.get(_NAMES_KEY, {})
+            # Keywords may use the variable's name too (REDIS_TIMEOUT=...), and then win.
+            fields = {v: f for f, v in cls.VARIABLES.items()}
+            data = {
+                **{k: v for k, v in data.items() if k not in fields and k != _NAMES_KEY},
+                **{fields[k]: v for k, v in data.items() if k in fields},
+            }
         try:
             return handler(data)
         except ValidationError as e:
             errors = e.errors()
             for err in errors:
-                field = cls.model_fields.get(str(err["loc"][0])) if err["loc"] else None
-                if field is not None and isinstance(field.validation_alias, AliasChoices):
-                    err["loc"] = (str(field.validation_alias.choices[0]), *err["loc"][1:])
-            raise ValidationError.from_exception_data(e.title, errors) from None  # type: ignore[arg-type]
+                field = str(err["loc"][0]) if err["loc"] else ""
+                if field in cls.VARIABLES:
+                    err["loc"] = (names.get(field, cls.VARIABLES[field]), *err["loc"][1:])
+                elif err["type"] == "value_error" and names:
+                    # A rule between fields spells the plain names: say the ones read.
+                    message = str(err["ctx"]["error"])
+                    for f, variable in cls.VARIABLES.items():
+                        message = re.sub(rf"\b{variable}\b", names.get(f, variable), message)
+                    err["ctx"] = {"error": ValueError(message)}
+            raise ValidationError.from_exception_data(
+                e.title,
+                errors,  # type: ignore[arg-type]
+                hide_input=True,
+            ) from None
 
     @property
     def keys(self) -> QueueKeys:
@@ -248,8 +407,10 @@ class QueueSettings(BaseSettings):
 
     @property
     def resolved_redis_url(self) -> str:
-        if self.redis_url:
-            return self.redis_url
         password = self.redis_password.get_secret_value() if self.redis_password else None
+        if self.redis_url:
+            if password and not self.redis_url.startswith("memory:"):
+                return _with_password(self.redis_url, password)
+            return self.redis_url
         auth = f":{quote(password, safe='')}@" if password else ""
         return f"redis://{auth}{self.redis_host}:{self.redis_port}/{self.redis_db}"

@@ -10,8 +10,9 @@ or against a Redis server, with the API and any number of worker processes::
     APP_ROLE=WORKER REDIS_URL=redis://localhost:6379/0 affinity-queue worker example_app.main:aq
 
 Every setting comes from the environment (or ``.env``): see ``QueueSettings``. The high-priority
-queue takes the default queue's settings with its own key names (``<name>-high-priority``), so two
-apps that set different ``PENDING_QUEUE_NAME`` etc. share one Redis without meeting.
+queue reads ``HIGH_PRIORITY__<NAME>`` first and the default queue's variables after, with key
+names of its own (``<name>-high-priority``), so two apps that set different
+``PENDING_QUEUE_NAME`` etc. share one Redis without meeting.
 """
 
 from __future__ import annotations
@@ -51,24 +52,9 @@ TASK_TYPES = ("send-email", "generate-invoice", "process-data")
 MAX_SIMULATED_WORK_MS = 5_000
 
 
-def named_queue_settings(base: QueueSettings, name: str) -> QueueSettings:
-    """``base`` with key names of its own, as every named queue needs (the original's forFeature).
-
-    Built through the constructor, not ``model_copy``, so the derived names are validated too.
-    """
-    return QueueSettings(
-        _env_file=None,
-        **{
-            **base.model_dump(),
-            "pending_queue_name": f"{base.pending_queue_name}-{name}",
-            "worker_queue_prefix": f"{base.worker_queue_prefix}-{name}",
-            "worker_state_prefix": f"{base.worker_state_prefix}-{name}",
-        },
-    )
-
-
 settings = QueueSettings()
-aq = AffinityQueue(settings, queues={HIGH_PRIORITY: named_queue_settings(settings, HIGH_PRIORITY)})
+# HIGH_PRIORITY__MAX_BATCH_SIZE etc. first, then the plain variables; key names of its own.
+aq = AffinityQueue(settings, queues={HIGH_PRIORITY: QueueSettings.for_queue(HIGH_PRIORITY)})
 
 
 # -- handlers: the same three on both queues -------------------------------------------------
@@ -141,9 +127,11 @@ class ErrorBody(BaseModel):
 
 @app.exception_handler(QueueUnavailableError)
 async def queue_unavailable(request: Request, exc: QueueUnavailableError) -> JSONResponse:
+    # The details (the queue, Redis's address, the cause) go to the log, not to the client.
     log.warning("%s %s: %s", request.method, request.url.path, exc)
+    outcome = "the task may have been written" if exc.maybe_written else "nothing was written"
     return JSONResponse(
-        {"message": str(exc), "queue": exc.queue, "maybeWritten": exc.maybe_written},
+        {"message": f"the queue is unavailable; {outcome}", "maybeWritten": exc.maybe_written},
         status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
         headers={"Retry-After": "1"},
     )

@@ -30,8 +30,7 @@ EXAMPLE = "example_app.main"
 
 
 def env_name(field: str) -> str:
-    alias = QueueSettings.model_fields[field].validation_alias
-    return str(alias.choices[0])  # type: ignore[union-attr]
+    return QueueSettings.VARIABLES[field]
 
 
 SETTINGS_ENV = frozenset(env_name(f) for f in QueueSettings.model_fields)
@@ -47,7 +46,7 @@ def env_for(settings: QueueSettings, **extra: str) -> dict[str, str]:
         if isinstance(value, SecretStr):
             value = value.get_secret_value()
         elif field == "identify_tag_concurrency":
-            value = json.dumps({"default": value.default, **value.limits})
+            value = json.dumps({"default": value.default, "limits": value.limits})
         env[env_name(field)] = str(value)
     env.update(extra)
     return env

@@ -41,6 +41,8 @@ def test_compose_runs_redis_with_aof_one_scheduler_workers_and_the_api() -> None
     assert roles == {"scheduler": "SCHEDULER", "worker": "WORKER", "api": "SCHEDULER"}
     for name in roles:
         assert set(services[name]["environment"]) <= SETTINGS_ENV, name
+        # Only what must differ per service (or points at the compose Redis) is set here.
+        assert set(services[name]["environment"]) <= {"APP_ROLE", "REDIS_URL", "WORKER_COUNT"}
     grace_s = int(services["worker"]["stop_grace_period"].removesuffix("s"))
     assert grace_s * 1000 > QueueSettings(_env_file=None).shutdown_grace_period_ms
 
@@ -53,3 +55,17 @@ def test_procfile_processes_use_known_variables(line: str) -> None:
     for name in re.findall(r"\b([A-Z][A-Z0-9_]*)=", command):
         assert name in SETTINGS_ENV, name
     assert "example_app.main:" in command
+
+
+def test_every_service_reads_the_env_file_that_env_example_documents() -> None:
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    for name, service in compose["services"].items():
+        if name == "redis":
+            continue
+        # Optional, so that `docker compose up` works before anyone copied .env.example.
+        assert service.get("env_file") == [{"path": ".env", "required": False}], name
+        for value in service["environment"].values():
+            # ${VAR:-default} lets .env (read by Compose for interpolation too) override it.
+            assert str(value).startswith("${") or value in ("SCHEDULER", "WORKER"), (name, value)
+    header = (REPO / ".env.example").read_text().split("\n\n", 1)[0]
+    assert "cp .env.example .env" in header and "env_file" in header

@@ -309,3 +309,71 @@ async def test_combined_with_the_apps_own_lifespan(make_settings) -> None:
         )
         assert job is not None and job.result is True  # the handler saw the open database
     assert events == ["db open", "queue stopped"] and not db.open
+
+
+async def test_dependencies_work_in_websocket_routes_and_background_tasks(make_settings) -> None:
+    from fastapi import BackgroundTasks, WebSocket
+    from starlette.types import Message
+
+    settings = make_settings()
+    other_name = f"{settings.pending_queue_name}-o"
+    other_settings = make_settings(
+        pending_queue_name=other_name,
+        worker_queue_prefix=f"{other_name}-wq",
+        worker_state_prefix=f"{other_name}-ws",
+    )
+    aq = AffinityQueue(settings, queues={"other": other_settings})
+    app = FastAPI(lifespan=aq.lifespan)
+    Other = Annotated[QueueService, Depends(get_queue("other", aq))]
+
+    @app.websocket("/ws")
+    async def ws(websocket: WebSocket, queue: QueueServiceDep, other: Other) -> None:
+        await websocket.accept()
+        job = await queue.add({"type": "t", "identifyTag": await websocket.receive_text()})
+        await websocket.send_json({"id": job.id, "queues": [queue.name, other.name]})
+        await websocket.close()
+
+    @app.post("/later", status_code=202)
+    async def later(tasks: BackgroundTasks, queue: QueueServiceDep) -> None:
+        tasks.add_task(queue.add, {"type": "t", "identifyTag": "later"})
+
+    incoming = [
+        {"type": "websocket.connect"},
+        {"type": "websocket.receive", "text": "from-ws"},
+        {"type": "websocket.disconnect", "code": 1000},
+    ]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return incoming.pop(0)
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "websocket",
+        "asgi": {"version": "3.0"},
+        "path": "/ws",
+        "raw_path": b"/ws",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [],
+        "scheme": "ws",
+        "server": ("example", 80),
+        "client": ("test", 1),
+        "subprotocols": [],
+    }
+    from asgi_lifespan import LifespanManager
+
+    async with LifespanManager(app) as manager:
+        await asyncio.wait_for(manager.app(scope, receive, send), 10)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=manager.app), base_url="http://example"
+        ) as http:
+            assert (await http.post("/later")).status_code == 202
+        pending = (await aq.queue().get_queue_stats()).pending
+    assert [m["type"] for m in sent] == ["websocket.accept", "websocket.send", "websocket.close"]
+    import json
+
+    assert json.loads(sent[1]["text"])["queues"] == ["default", "other"]
+    assert pending == 2  # one from the WebSocket route, one from the background task

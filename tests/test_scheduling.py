@@ -203,7 +203,6 @@ SPECIAL_TAGS = [
     "a*",
     "\\",
     "with space",
-    " ",
     "line\nbreak",
     "tab\there",
     "emoji 🙂🚀",
