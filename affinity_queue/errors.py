@@ -82,15 +82,19 @@ class JobFailedError(AffinityQueueError):
 
 
 class QueueUnavailableError(AffinityQueueError):
-    """Redis could not be reached, or did not answer within REDIS_TIMEOUT. Retry, or report 503.
+    """Redis could not be reached, did not answer within REDIS_TIMEOUT, or no pooled connection
+    came free within REDIS_POOL_TIMEOUT. Retry, or report 503.
 
-    ``maybe_written`` is False when no connection could be made (nothing was sent, so nothing was
-    written). It is True when the command was sent and the answer never came (a timeout, a
-    dropped connection): Redis may still have applied it, so a blind retry may add a task twice.
+    ``maybe_written`` is False when no connection could be made or had (nothing was sent, so
+    nothing was written). It is True when the command was sent and the answer never came (a
+    timeout, a dropped connection): Redis may still have applied it, so a blind retry may add a
+    task twice.
     """
 
     def __init__(self, queue: str, cause: BaseException) -> None:
-        self.maybe_written = "connecting" not in str(cause).lower()
+        # redis-py's words for "never sent": a failed connect, an exhausted pool.
+        cause_text = str(cause).lower()
+        self.maybe_written = not any(s in cause_text for s in ("connecting", "no connection"))
         outcome = "it may have been applied" if self.maybe_written else "nothing was written"
         super().__init__(f"queue {queue!r}: Redis is unavailable ({cause}); {outcome}")
         self.queue = queue

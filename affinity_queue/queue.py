@@ -49,9 +49,13 @@ class QueueService:
     def __init__(self, name: str, settings: QueueSettings, redis: Redis, scripts: Scripts) -> None:
         self.name = name
         self.settings = settings
+        self._keys = settings.keys
+        self._bind(redis, scripts)
+
+    def _bind(self, redis: Redis, scripts: Scripts) -> None:
+        """Use these clients from now on: a start after ``aclose()`` brings fresh ones."""
         self._redis = redis
         self._scripts = scripts
-        self._keys = settings.keys
         self._closed = False
         self._waiters = Waiters(redis, self._keys.done_channel)
 

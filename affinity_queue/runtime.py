@@ -28,3 +28,7 @@ class QueueRuntime:
 
     def __post_init__(self) -> None:
         self._keys = self.settings.keys
+
+    def _bind(self, redis: Redis, blocking: Redis, scripts: Scripts) -> None:
+        """Use these clients from now on: a start after ``aclose()`` brings fresh ones."""
+        self._redis, self._blocking, self._scripts = redis, blocking, scripts

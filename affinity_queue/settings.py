@@ -89,6 +89,23 @@ class QueueSettings(BaseSettings):
     )
     """How long one command may take before it fails (a producer then gets
     QueueUnavailableError). Blocking waits get this on top of their own timeout."""
+    redis_max_connections: int = Field(
+        50,
+        ge=2,
+        le=10_000,
+        validation_alias=_env("REDIS_MAX_CONNECTIONS", python_name="redis_max_connections"),
+    )
+    """Connections one queue's producers and workers share for commands (one of them is held by
+    the subscription behind ``wait_for``). Past it, a command waits for a free one (see
+    REDIS_POOL_TIMEOUT) instead of failing. Blocking waits and the scheduler have pools of their
+    own, sized from WORKER_COUNT, so they never compete with producers."""
+    redis_pool_timeout_ms: int = Field(
+        10_000,
+        ge=10,
+        validation_alias=_env("REDIS_POOL_TIMEOUT", python_name="redis_pool_timeout_ms"),
+    )
+    """How long a command waits for a free pooled connection before it fails (a producer then
+    gets QueueUnavailableError with ``maybe_written`` False): a burst queues, it is not refused."""
 
     pending_queue_name: Name = Field(
         "pending-tasks",
