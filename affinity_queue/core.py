@@ -60,11 +60,12 @@ _OWN_OPTIONS = {
 ``?socket_timeout=1`` would cut every idle blocking wait short."""
 
 
-def _ignored_url_options(url: str) -> list[str]:
-    """The ``name=value`` query options of ``url`` that :func:`connect` overrides."""
+def _ignored_url_options(url: str) -> list[tuple[str, str]]:
+    """The ``name=value`` query options of ``url`` that :func:`connect` overrides, each with
+    what to do instead."""
     query = parse_qs(urlsplit(url).query)
     return [
-        f"{name}={query[name][0]} ({why})" for name, why in _OWN_OPTIONS.items() if name in query
+        (f"{name}={query[name][0]}", why) for name, why in _OWN_OPTIONS.items() if name in query
     ]
 
 
@@ -72,9 +73,9 @@ def connect(
     url: str,
     timeout_s: float = 2.0,
     *,
-    commands: int = 50,
-    waits: int = 1,
-    pool_timeout_s: float = 10.0,
+    commands: int,
+    waits: int,
+    pool_timeout_s: float,
 ) -> tuple[Redis, Redis]:
     """A client for commands (``timeout_s`` each, at most ``commands`` at once) and one for
     ``waits`` blocking waits at once (its socket timeout outlasts them).
@@ -193,8 +194,8 @@ class _Queue:
 
     @classmethod
     def build(cls, name: str, settings: QueueSettings) -> _Queue:
-        for option in _ignored_url_options(settings.resolved_redis_url):
-            log.warning("queue %s: REDIS_URL option %s is ignored", name, option)
+        for option, why in _ignored_url_options(settings.resolved_redis_url):
+            log.warning("queue %s: REDIS_URL sets %s, which is ignored: %s", name, option, why)
         c = _Clients.open(name, settings)
         net = Connectivity(name, log)
         return cls(
