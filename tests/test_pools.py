@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from affinity_queue import AffinityQueue, QueueSettings, Role
+from affinity_queue import AffinityQueue, QueueSettings, QueueUnavailableError, Role
 
 from .support import drained, wait_for
 
@@ -50,12 +50,12 @@ async def test_a_thousand_workers_in_one_process_still_place_jobs(
     assert runs == Counter(range(total))
 
 
-@pytest.mark.parametrize("burst", [1000])
 async def test_a_burst_of_concurrent_adds_waits_for_connections(
-    make_settings: SettingsFactory, burst: int
+    make_settings: SettingsFactory,
 ) -> None:
     """A burst past the pool's size used to fail fast (MaxConnectionsError) while Redis was
     healthy; now each add waits for a connection and every task is added exactly once."""
+    burst = 1000  # a hundred times the pool below
     aq = AffinityQueue(make_settings(app_role=Role.SCHEDULER, redis_max_connections=10))
     async with aq:
         queue = aq.queue()
@@ -113,3 +113,23 @@ async def test_url_options_cannot_cut_blocking_waits_short(
         # Options the library does not set itself still reach the connections.
         names = [c["name"] for c in await redis_client.client_list()]
         assert "aq-url-test" in names
+
+
+async def test_a_command_that_never_got_a_connection_wrote_nothing(
+    make_settings: SettingsFactory,
+) -> None:
+    """Past REDIS_POOL_TIMEOUT a producer gets QueueUnavailableError, and it says that nothing
+    was sent (a retry cannot add the task twice)."""
+    settings = make_settings(
+        app_role=Role.SCHEDULER, redis_max_connections=2, redis_pool_timeout_ms=10
+    )
+    async with AffinityQueue(settings) as aq:
+        queue = aq.queue()
+        results = await asyncio.gather(
+            *(queue.add({"type": "t", "identifyTag": "a", "payload": i}) for i in range(1000)),
+            return_exceptions=True,
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        assert errors, "1000 adds through two connections all got one within 10 ms"
+        assert all(isinstance(e, QueueUnavailableError) and not e.maybe_written for e in errors)
+        assert (await queue.get_queue_stats()).pending == len(results) - len(errors)
