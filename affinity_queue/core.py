@@ -8,10 +8,13 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import Enum
+from functools import partial
 from types import TracebackType
 from typing import Any, Self, TypeVar
+from urllib.parse import parse_qs, urlsplit
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -41,9 +44,44 @@ class _State(Enum):
     CLOSED = "closed"
 
 
-def connect(url: str, timeout_s: float = 2.0) -> tuple[Redis, Redis]:
-    """A client for commands (``timeout_s`` each) and one for blocking waits (its socket timeout
-    outlasts them).
+SCHEDULER_COMMANDS = 2
+"""Commands a scheduler has in flight at once: its lease renewal and its dispatch loop."""
+
+_OWN_OPTIONS = {
+    "socket_timeout": "set REDIS_TIMEOUT; blocking waits add their own wait to it",
+    "socket_connect_timeout": "connecting gives up after 2 s",
+    "max_connections": "set REDIS_MAX_CONNECTIONS; waits get pools sized from WORKER_COUNT",
+    "timeout": "set REDIS_POOL_TIMEOUT",
+    "retry_on_timeout": "a command that timed out may have run, so it is never re-sent",
+    "retry_on_error": "only commands that never reached Redis are re-sent",
+    "decode_responses": "replies are always decoded",
+}
+"""Connection options the library sets itself, and why a REDIS_URL query cannot change them:
+``?socket_timeout=1`` would cut every idle blocking wait short."""
+
+
+def _ignored_url_options(url: str) -> list[tuple[str, str]]:
+    """The ``name=value`` query options of ``url`` that :func:`connect` overrides, each with
+    what to do instead."""
+    query = parse_qs(urlsplit(url).query)
+    return [
+        (f"{name}={query[name][0]}", why) for name, why in _OWN_OPTIONS.items() if name in query
+    ]
+
+
+def connect(
+    url: str,
+    timeout_s: float = 2.0,
+    *,
+    commands: int,
+    waits: int,
+    pool_timeout_s: float,
+) -> tuple[Redis, Redis]:
+    """A client for commands (``timeout_s`` each, at most ``commands`` at once) and one for
+    ``waits`` blocking waits at once (its socket timeout outlasts them).
+
+    Both pools make a caller wait up to ``pool_timeout_s`` for a free connection rather than
+    fail. Our options win over the URL's (see ``_OWN_OPTIONS``).
 
     A command is retried once, at once, when its connection was found closed: that is what a
     pooled connection looks like after a Redis restart, and the command never reached the new
@@ -52,20 +90,26 @@ def connect(url: str, timeout_s: float = 2.0) -> tuple[Redis, Redis]:
     """
     if url.startswith(MEMORY_SCHEME):
         return _connect_memory(url)
-    common: dict[str, Any] = {
+    options: dict[str, Any] = {
+        **{k: v for k, v in parse_url(url).items() if k not in _OWN_OPTIONS},
         "decode_responses": True,
         "socket_connect_timeout": 2,
         "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        "timeout": pool_timeout_s,
     }
     if MaintNotificationsConfig is not None:
         # Recent redis-py skips its check for stale pooled connections while these notifications
         # are "auto" (the default), so the first command after a Redis restart would fail on a
         # socket the server closed long ago; with them off, the pool reconnects before sending.
-        common["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
-    return (
-        Redis.from_url(url, socket_timeout=timeout_s, **common),
-        Redis.from_url(url, socket_timeout=WAIT_CAP_S + timeout_s, **common),
-    )
+        options["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
+
+    def client(socket_timeout_s: float, max_connections: int) -> Redis:
+        pool = BlockingConnectionPool(
+            **options, socket_timeout=socket_timeout_s, max_connections=max_connections
+        )
+        return Redis.from_pool(pool)
+
+    return client(timeout_s, commands), client(WAIT_CAP_S + timeout_s, waits)
 
 
 MEMORY_SCHEME = "memory://"
@@ -101,28 +145,75 @@ def _connect_memory(url: str) -> tuple[Redis, Redis]:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Clients:
+    """One start's clients of a queue. Producers and workers share the command pool; the
+    workers' waits and the scheduler have pools of their own, sized to what they hold at once,
+    so no burst of producers or crowd of idle workers can starve the leader."""
+
+    redis: Redis
+    waits: Redis
+    scripts: Scripts
+    leader: Redis
+    leader_waits: Redis
+    leader_scripts: Scripts
+
+    @classmethod
+    def open(cls, name: str, s: QueueSettings) -> _Clients:
+        open_ = partial(
+            connect,
+            s.resolved_redis_url,
+            s.redis_timeout_ms / 1000,
+            pool_timeout_s=s.redis_pool_timeout_ms / 1000,
+        )
+        # Each worker slot holds one connection for its wait; a scheduler waits on one.
+        redis, waits = open_(commands=s.redis_max_connections, waits=s.worker_count)
+        leader, leader_waits = open_(commands=SCHEDULER_COMMANDS, waits=1)
+        return cls(
+            redis,
+            waits,
+            Scripts(redis, s.keys, name),
+            leader,
+            leader_waits,
+            Scripts(leader, s.keys, name),
+        )
+
+    async def aclose(self) -> None:
+        for client in (self.redis, self.waits, self.leader, self.leader_waits):
+            await client.aclose()
+
+
 @dataclass(slots=True)
 class _Queue:
+    name: str
     settings: QueueSettings
-    redis: Redis
-    blocking: Redis
+    clients: _Clients
     service: QueueService
     worker: WorkerService
     scheduler: Scheduler
 
     @classmethod
     def build(cls, name: str, settings: QueueSettings) -> _Queue:
-        redis, blocking = connect(settings.resolved_redis_url, settings.redis_timeout_ms / 1000)
-        scripts = Scripts(redis, settings.keys, name)
+        for option, why in _ignored_url_options(settings.resolved_redis_url):
+            log.warning("queue %s: REDIS_URL sets %s, which is ignored: %s", name, option, why)
+        c = _Clients.open(name, settings)
         net = Connectivity(name, log)
         return cls(
+            name,
             settings,
-            redis,
-            blocking,
-            QueueService(name, settings, redis, scripts),
-            WorkerService(name, settings, redis, blocking, scripts, net),
-            Scheduler(name, settings, redis, blocking, scripts, net),
+            c,
+            QueueService(name, settings, c.redis, c.scripts),
+            WorkerService(name, settings, c.redis, c.waits, c.scripts, net),
+            Scheduler(name, settings, c.leader, c.leader_waits, c.leader_scripts, net),
         )
+
+    def reconnect(self) -> None:
+        """Fresh clients for a start after ``aclose()``: the closed ones are bound to the event
+        loop that used them. Services, handlers and references to them stay."""
+        self.clients = c = _Clients.open(self.name, self.settings)
+        self.service._bind(c.redis, c.scripts)
+        self.worker._bind(c.redis, c.waits, c.scripts)
+        self.scheduler._bind(c.leader, c.leader_waits, c.leader_scripts)
 
 
 class AffinityQueue:
@@ -183,8 +274,11 @@ class AffinityQueue:
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
-        if self._state is not _State.CREATED:
-            raise LifecycleError(f"AffinityQueue.start(): already {self._state.value}")
+        if self._state is _State.STARTED:
+            raise LifecycleError("AffinityQueue.start(): already started; call aclose() first")
+        if self._state is _State.CLOSED:
+            for q in self._queues.values():
+                q.reconnect()
         for q in self._queues.values():
             await q.worker.check_layout()  # before anything runs: a refusal leaves nothing behind
         self._state = _State.STARTED
@@ -215,8 +309,7 @@ class AffinityQueue:
                 # places the jobs our workers hand back.
                 await q.scheduler.stop()
                 await q.worker.stop()
-            await q.redis.aclose()
-            await q.blocking.aclose()
+            await q.clients.aclose()
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -86,14 +86,16 @@ class JobFailedError(AffinityQueueError):
 
 
 class QueueUnavailableError(AffinityQueueError):
-    """Redis could not be reached, or did not answer within REDIS_TIMEOUT. Retry, or report 503.
+    """Redis could not be reached, did not answer within REDIS_TIMEOUT, or no pooled connection
+    came free within REDIS_POOL_TIMEOUT. Retry, or report 503.
 
     Before raising it the library retried the call for up to REDIS_TIMEOUT, with the call's
     request token, so a reply lost in transit never makes a task exist twice. ``maybe_written`` is
-    False when nothing reached Redis (no connection could be made, the password was refused, or
-    Redis refused the call: out of memory, MISCONF, BUSY). It is True when a command was sent and
-    no answer came: Redis may still have applied it, so a blind retry by the caller may add a task
-    twice (give the task a ``dedupe_key`` to make the caller's own retries safe).
+    False when nothing reached Redis (no connection could be made or had from the pool, the
+    password was refused, or Redis refused the call: out of memory, MISCONF, BUSY). It is True
+    when a command was sent and no answer came: Redis may still have applied it, so a blind retry
+    by the caller may add a task twice (give the task a ``dedupe_key`` to make the caller's own
+    retries safe).
 
     ``authentication_failed`` is True when Redis refused the password (nothing was written): fix
     REDIS_PASSWORD or the password in REDIS_URL, retrying will not help.
@@ -104,7 +106,7 @@ class QueueUnavailableError(AffinityQueueError):
     ) -> None:
         self.authentication_failed = isinstance(cause, AuthenticationError)
         if maybe_written is None:
-            maybe_written = "connecting" not in str(cause).lower()
+            maybe_written = not never_sent(cause)
         self.maybe_written = maybe_written and not self.authentication_failed
         outcome = "it may have been applied" if self.maybe_written else "nothing was written"
         if self.authentication_failed:
@@ -113,6 +115,12 @@ class QueueUnavailableError(AffinityQueueError):
             what = "Redis is unavailable"
         super().__init__(f"queue {queue!r}: {what} ({cause}); {outcome}")
         self.queue = queue
+
+
+def never_sent(cause: BaseException) -> bool:
+    """Whether redis-py failed before sending anything: a failed connect, an exhausted pool."""
+    text = str(cause).lower()
+    return any(s in text for s in ("connecting", "no connection"))
 
 
 class UnknownQueueError(AffinityQueueError, KeyError):

@@ -25,6 +25,7 @@ from .errors import (
     PayloadTooLargeError,
     QueueUnavailableError,
     UnknownJobError,
+    never_sent,
 )
 from .keys import tag_id
 from .lua import AddOptions, Scripts, new_token
@@ -66,9 +67,13 @@ class QueueService:
     def __init__(self, name: str, settings: QueueSettings, redis: Redis, scripts: Scripts) -> None:
         self.name = name
         self.settings = settings
+        self._keys = settings.keys
+        self._bind(redis, scripts)
+
+    def _bind(self, redis: Redis, scripts: Scripts) -> None:
+        """Use these clients from now on: a start after ``aclose()`` brings fresh ones."""
         self._redis = redis
         self._scripts = scripts
-        self._keys = settings.keys
         self._closed = False
         self._waiters = Waiters(redis, self._keys.done_channel)
 
@@ -366,7 +371,7 @@ class QueueService:
             try:
                 return await call()
             except _TRANSIENT as e:
-                sent = sent or "connecting" not in str(e).lower()
+                sent = sent or not never_sent(e)
                 if loop.time() + delay_s > give_up:
                     raise QueueUnavailableError(self.name, e, maybe_written=sent) from e
             except ResponseError as e:

@@ -30,6 +30,10 @@ class QueueRuntime:
     def __post_init__(self) -> None:
         self._keys = self.settings.keys
 
+    def _bind(self, redis: Redis, blocking: Redis, scripts: Scripts) -> None:
+        """Use these clients from now on: a start after ``aclose()`` brings fresh ones."""
+        self._redis, self._blocking, self._scripts = redis, blocking, scripts
+
     async def check_layout(self) -> None:
         """Raise :class:`ConfigMismatchError` at start when the queue's running processes use
         other worker prefixes. A read only, so start fails early and clearly; the ``register``

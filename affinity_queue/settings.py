@@ -174,6 +174,8 @@ class QueueSettings(BaseSettings):
         "redis_password": "REDIS_PASSWORD",
         "redis_db": "REDIS_DB",
         "redis_timeout_ms": "REDIS_TIMEOUT",
+        "redis_max_connections": "REDIS_MAX_CONNECTIONS",
+        "redis_pool_timeout_ms": "REDIS_POOL_TIMEOUT",
         "pending_queue_name": "PENDING_QUEUE_NAME",
         "worker_queue_prefix": "WORKER_QUEUE_PREFIX",
         "worker_state_prefix": "WORKER_STATE_PREFIX",
@@ -211,6 +213,21 @@ class QueueSettings(BaseSettings):
     redis_timeout_ms: int = Field(2000, ge=50)
     """How long one command may take before it fails (a producer then gets
     QueueUnavailableError). Blocking waits get this on top of their own timeout."""
+    redis_max_connections: int = Field(
+        50,
+        ge=2,
+        le=10_000,
+    )
+    """Connections one queue's producers and workers share for commands (one of them is held by
+    the subscription behind ``wait_for``). Past it, a command waits for a free one (see
+    REDIS_POOL_TIMEOUT) instead of failing. Blocking waits and the scheduler have pools of their
+    own, sized from WORKER_COUNT, so they never compete with producers."""
+    redis_pool_timeout_ms: int = Field(
+        10_000,
+        ge=10,
+    )
+    """How long a command waits for a free pooled connection before it fails (a producer then
+    gets QueueUnavailableError with ``maybe_written`` False): a burst queues, it is not refused."""
 
     pending_queue_name: Name = Field(
         "pending-tasks",
