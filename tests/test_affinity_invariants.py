@@ -301,8 +301,8 @@ async def test_invariants_hold_on_a_random_workload(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="by design (as in the original): a worker that released a tag (its queue drained, "
-    "or its batch was full and no other tag was waiting) may be bound to the same tag again",
+    reason="by design: a worker that has run a full batch of a tag starts a new batch of it when "
+    "no other tag is placeable (the batch rule, README), so a lone tag runs on",
 )
 async def test_no_worker_runs_more_than_a_batch_of_one_tag_in_a_row(
     make_settings, redis_client, seed: int

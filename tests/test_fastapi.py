@@ -315,9 +315,10 @@ async def test_dependencies_work_in_websocket_routes_and_background_tasks(make_s
     from fastapi import BackgroundTasks, WebSocket
     from starlette.types import Message
 
-    settings = make_settings()
+    settings = make_settings(app_role="SCHEDULER")  # no workers: the jobs stay pending
     other_name = f"{settings.pending_queue_name}-o"
     other_settings = make_settings(
+        app_role="SCHEDULER",
         pending_queue_name=other_name,
         worker_queue_prefix=f"{other_name}-wq",
         worker_state_prefix=f"{other_name}-ws",
