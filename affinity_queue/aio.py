@@ -1,15 +1,63 @@
-"""Stopping asyncio tasks for sure."""
+"""Background tasks: supervised while their queue runs, and stopped for sure."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 log = logging.getLogger("affinity_queue")
 
 STOP_DEADLINE_S = 5.0
+RESTART_MIN_S = 0.1
+RESTART_MAX_S = 5.0
+HEALTHY_AFTER_S = 30.0
+"""A loop that ran this long before it failed again counts as recovered: its backoff starts
+over and the failure is logged again."""
+
+
+def supervise(
+    body: Callable[[], Awaitable[None]],
+    *,
+    name: str,
+    what: str,
+    running: Callable[[], bool],
+) -> asyncio.Task[None]:
+    """Run ``body`` as the task ``name`` for as long as ``running()`` holds.
+
+    An exception that escapes ``body`` (a bug, a fault nobody retried) is logged, with its
+    traceback, once per kind of exception, and ``body`` runs again after a backoff; a ``body``
+    that returns while ``running()`` still holds is logged and restarted the same way. So a
+    background loop never ends, silently or not, while its queue runs. Cancellation stops it.
+    """
+
+    async def supervised() -> None:
+        delay_s = RESTART_MIN_S
+        last = ""
+        while running():
+            began = time.monotonic()
+            error: Exception | None = None
+            try:
+                await body()
+            except Exception as e:
+                error = e
+            if error is None and not running():
+                return
+            if time.monotonic() - began >= HEALTHY_AFTER_S:
+                delay_s, last = RESTART_MIN_S, ""
+            kind = "returned" if error is None else type(error).__qualname__
+            if kind != last:
+                if error is None:
+                    log.error("%s ended while its queue runs; restarting it", what)
+                else:
+                    log.error("%s failed; restarting it with backoff", what, exc_info=error)
+            last = kind
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, RESTART_MAX_S)
+
+    return asyncio.create_task(supervised(), name=name)
 
 
 async def cancel_and_wait(

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import Enum
@@ -242,6 +243,7 @@ class AffinityQueue:
                 )
         self._queues = {name: _Queue.build(name, s) for name, s in declared.items()}
         self._state = _State.CREATED
+        self._closing: asyncio.Future[None] | None = None
 
     # -- access -----------------------------------------------------------------------------
     @property
@@ -279,6 +281,7 @@ class AffinityQueue:
         if self._state is _State.CLOSED:
             for q in self._queues.values():
                 q.reconnect()
+            self._closing = None
         for q in self._queues.values():
             await q.worker.check_layout()  # before anything runs: a refusal leaves nothing behind
         self._state = _State.STARTED
@@ -297,19 +300,41 @@ class AffinityQueue:
                 await q.worker.start()
 
     async def aclose(self) -> None:
-        """Graceful stop: workers finish (within the grace period) and hand back; leaders resign."""
-        if self._state is _State.CLOSED:
-            return
+        """Graceful stop: workers finish (within the grace period) and hand back; leaders resign.
+
+        Every queue stops taking tasks at once, then all of them drain together. Every step
+        runs whatever an earlier one raised (a failed step is logged), so nothing of ours is
+        left running; a second call waits for the first to finish.
+        """
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
         was_started = self._state is _State.STARTED
         self._state = _State.CLOSED
-        for q in self._queues.values():
-            await q.service.aclose()
-            if was_started:
-                # Resign first: a successor takes over at once, not after the grace period, and
-                # places the jobs our workers hand back.
-                await q.scheduler.stop()
-                await q.worker.stop()
-            await q.clients.aclose()
+        if was_started:
+            for q in self._queues.values():
+                q.worker.begin_stop()
+        await asyncio.gather(
+            *(self._close_queue(name, q, was_started) for name, q in self._queues.items())
+        )
+
+    async def _close_queue(self, name: str, q: _Queue, was_started: bool) -> None:
+        steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [("producer", q.service.aclose)]
+        if was_started:
+            # The scheduler resigns while the workers drain: a successor takes over at once and
+            # places the jobs our workers hand back.
+            async def stop_both() -> None:
+                await asyncio.gather(
+                    _step(name, "scheduler", q.scheduler.stop),
+                    _step(name, "workers", q.worker.stop),
+                )
+
+            steps.append(("roles", stop_both))
+        steps.append(("clients", q.clients.aclose))
+        for what, step in steps:
+            await _step(name, what, step)
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -329,6 +354,16 @@ class AffinityQueue:
         as lifespan state, which the FastAPI dependencies read from ``request.state``."""
         async with self:
             yield {"affinity_queue": self}
+
+
+async def _step(queue: str, what: str, step: Callable[[], Awaitable[None]]) -> None:
+    """One stop step; a failure is logged and the next step runs all the same."""
+    try:
+        await step()
+    except Exception as e:
+        log.error(
+            "queue %s: stopping the %s failed; going on with the rest", queue, what, exc_info=e
+        )
 
 
 def _redacted(url: str) -> str:

@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from .aio import cancel_and_wait
 from .retry import RedisTrouble
+
+log = logging.getLogger("affinity_queue")
 
 
 class Waiters:
     """Resolves ``wait_for`` futures when the scripts publish a finished job's id.
 
     The subscription opens on first use and is confirmed before any job is watched, so a finish
-    that happens right after the watch cannot be missed. If the connection breaks, every pending
-    waiter gets the error and the next one subscribes again.
+    that happens right after the watch cannot be missed. If the reader ends for any reason (a
+    broken connection, an error, aclose), every pending waiter gets an error rather than hang,
+    and the next one subscribes again.
     """
 
     def __init__(self, redis: Redis, channel: str) -> None:
@@ -56,13 +61,18 @@ class Waiters:
             self._reader = asyncio.create_task(self._read(pubsub), name="aq-waiters")
 
     async def _read(self, pubsub: PubSub) -> None:
+        error: BaseException = RedisConnectionError("the job notification subscription ended")
         try:
             async for message in pubsub.listen():
                 if message["type"] == "message":
                     self._resolve(message["data"], None)
-        except RedisTrouble as e:
+        except Exception as e:
+            error = e
+            if not isinstance(e, RedisTrouble):
+                log.error("job notifications on %s failed", self._channel, exc_info=e)
+        finally:  # whatever ended the reader: nobody may wait for a message it cannot pass on
             for job_id in list(self._futures):
-                self._resolve(job_id, e)
+                self._resolve(job_id, error)
 
     def _resolve(self, job_id: str, error: BaseException | None) -> None:
         for future in self._futures.pop(job_id, ()):

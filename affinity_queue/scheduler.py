@@ -19,7 +19,7 @@ from contextlib import suppress
 from functools import partial
 from typing import TypeVar
 
-from .aio import cancel_and_wait
+from .aio import cancel_and_wait, supervise
 from .errors import ConfigMismatchError, NotLeaderError
 from .keys import tag_id
 from .lua import TermConfig
@@ -59,22 +59,33 @@ class Scheduler(QueueRuntime):
 
     async def start(self) -> None:
         self._stopping = False
-        self._task = asyncio.create_task(self._run(), name=f"aq-scheduler-{self.name}")
+        self._task = supervise(
+            self._run,
+            name=f"aq-scheduler-{self.name}",
+            what=f"queue {self.name}: scheduler",
+            running=self._runs,
+        )
+
+    def _runs(self) -> bool:
+        return not self._stopping
 
     async def stop(self) -> None:
         """Stop scheduling; a leader resigns so a standby takes over at once."""
         self._stopping = True
-        if self._task:
-            await cancel_and_wait([self._task])
-            self._task = None
-        # Not `if self._fence`: cancelling the term's task already reset it to 0. Resigning is
-        # compare-and-delete on our token, so it does nothing when this node does not lead.
-        with suppress(*RedisTrouble):
-            await self._scripts.resign(self._token)
-        self._fence = 0
+        try:
+            if self._task:
+                await cancel_and_wait([self._task])
+                self._task = None
+            # Not `if self._fence`: cancelling the term's task already reset it to 0. Resigning
+            # is compare-and-delete on our token: it does nothing when this node does not lead.
+            with suppress(*RedisTrouble):
+                await self._scripts.resign(self._token)
+        finally:
+            self._fence = 0
 
     # -- election ---------------------------------------------------------------------------
     async def _run(self) -> None:
+        """Elect, lead, repeat; supervised, so an error that escapes a term restarts it."""
         s = self.settings
         standby_wait_s = min(s.heartbeat_interval_ms / 1000, WAIT_CAP_S)
         while not self._stopping:
@@ -93,6 +104,7 @@ class Scheduler(QueueRuntime):
                 )
             except ConfigMismatchError as e:
                 log.error("%s; this scheduler stops", e)
+                self._stopping = True  # for good: its supervisor must not restart it
                 return
             if not fence:
                 await self._net.retry(
@@ -108,15 +120,20 @@ class Scheduler(QueueRuntime):
             except NotLeaderError:
                 log.warning("queue %s: node %s lost the leadership", self.name, self.node_id)
             except Exception:
-                log.exception("queue %s: scheduler failed; resigning", self.name)
-                with suppress(*RedisTrouble):
+                # Resign so a standby takes over at once; the supervisor logs and restarts us.
+                with suppress(Exception):
                     await self._scripts.resign(self._token)
-                await asyncio.sleep(1)
+                raise
             finally:
                 self._fence = 0
 
     async def _lead(self) -> None:
-        renewing = asyncio.create_task(self._renew_loop())
+        renewing = supervise(
+            self._renew_loop,
+            name=f"aq-renew-{self.name}",
+            what=f"queue {self.name}: leader lease renewal",
+            running=lambda: self.is_leader and not self._stopping,
+        )
         try:
             await self._dispatch_loop()
         finally:
@@ -126,11 +143,12 @@ class Scheduler(QueueRuntime):
         s = self.settings
         while True:
             await asyncio.sleep(s.heartbeat_interval_ms / 1000)
-            asked_at = time.monotonic()
+            asked_at = time.monotonic()  # an attempt that renews is sent no earlier than this
+            renew = partial(self._scripts.renew, self._token, s.election_lock_ttl_ms)
             try:
-                renewed = await self._scripts.renew(self._token, s.election_lock_ttl_ms)
-            except RedisTrouble:
-                continue  # the monotonic deadline ends the term if this lasts
+                renewed = await self._net.retry(renew, what="renew", check=self._check_term)
+            except NotLeaderError:
+                return  # the monotonic deadline ended the term while Redis failed
             if not renewed:
                 self._valid_until = 0.0
                 return
