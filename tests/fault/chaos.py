@@ -270,7 +270,8 @@ def explain_repeats(
     runs: Iterable[Run], outcomes: Mapping[str, Outcome], faults: list[Fault], f: Findings
 ) -> None:
     """Every run Redis did not accept must overlap a fault that can interrupt it: its own process
-    killed or stopped, or a Redis or network fault (plus its aftermath)."""
+    killed or stopped, or a Redis or network fault (plus its aftermath). Counted by fault and by
+    whether the run was cut off or had finished (then only its outcome was not recorded)."""
     for r in runs:
         out = outcomes.get(r.uid)
         if out is not None and (r.worker, r.attempt) == (out.worker, out.attempts):
@@ -286,7 +287,7 @@ def explain_repeats(
         if why is None:
             f.problems.append(f"unexplained repeat: {r}")
         else:
-            f.explained[why] += 1
+            f.explained[f"{why} ({'cut off' if r.end is None else 'finished'})"] += 1
 
 
 def _active(r: Run, killed: Mapping[int, float], stops: list[tuple[float, float]], now: float):
