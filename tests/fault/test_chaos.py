@@ -146,7 +146,8 @@ def _summary(chaos, producer, runs, written: int, f: Findings, fences, drain_s: 
     return "\n".join(
         [
             f"CHAOS summary (seed {SEED}, {CHAOS_S:.0f} s of faults, drained in {drain_s:.1f} s)",
-            f"  tasks: {len(producer.expected)} completed ({len(producer.added_at)} acknowledged adds, "
+            f"  tasks: {len(producer.expected)} completed "
+            f"({len(producer.added_at)} acknowledged adds, "
             f"{len(producer.unsure)} unsure of which {written} were written, "
             f"{len(producer.refused)} refused); {len(runs)} runs",
             f"  faults: {len(chaos.faults)}: "
