@@ -1,8 +1,15 @@
 """A TCP proxy of our own between a client and Redis, for network faults a real network makes.
 
-``lose_reply_of(marker)`` arms it: the next request that contains ``marker`` reaches Redis and
-runs, but its reply never comes back; the client's connection is cut instead. That is the
-fault a retry must survive: the command ran, and the caller cannot know.
+- ``lose_reply_of(marker)``: the next request that contains ``marker`` reaches Redis and runs, but
+  its reply never comes back; the client's connection is cut instead. That is the fault a retry
+  must survive: the command ran, and the caller cannot know.
+- ``cut_all()``: every open connection is dropped at once (a proxy or load balancer restart).
+- ``half_open(True)``: requests still reach Redis and run, but no reply comes back and nothing is
+  closed, so clients learn of it only by their own timeouts; ``half_open(False)`` drops those
+  connections (a half-open connection never recovers) and new ones work again.
+- ``latency_s``: every reply is held that long before it is passed on.
+
+Connections made while Redis is down are closed at once, as a refused connection would be.
 """
 
 from __future__ import annotations
@@ -17,9 +24,16 @@ class Proxy:
     target_port: int
     port: int = 0
     replies_lost: int = 0
+    connections_cut: int = 0
+    latency_s: float = 0.0
     _marker: bytes | None = None
     _server: asyncio.Server | None = None
     _pumps: set[asyncio.Task[None]] = field(default_factory=set)
+    _open: set[asyncio.Task[None]] = field(default_factory=set)  # one task per connection
+    _replies_flow: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self._replies_flow.set()
 
     @property
     def url(self) -> str:
@@ -30,20 +44,44 @@ class Proxy:
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
-    def lose_reply_of(self, marker: bytes) -> None:
+    def lose_reply_of(self, marker: bytes | None) -> None:
+        """Arm (or, with ``None``, disarm) the loss of one reply."""
         self._marker = marker
+
+    def cut_all(self) -> int:
+        """Drop every open connection now; return how many there were."""
+        tasks = list(self._open)
+        for task in tasks:
+            task.cancel()
+        self.connections_cut += len(tasks)
+        return len(tasks)
+
+    def half_open(self, on: bool) -> None:
+        if on:
+            self._replies_flow.clear()
+        else:
+            stalled = list(self._open)
+            self._replies_flow.set()
+            for task in stalled:
+                task.cancel()
+            self.connections_cut += len(stalled)
 
     async def aclose(self) -> None:
         if self._server is not None:
             self._server.close()
-        for task in list(self._pumps):
+        self._replies_flow.set()
+        for task in list(self._pumps | self._open):
             task.cancel()
-        await asyncio.gather(*self._pumps, return_exceptions=True)
+        await asyncio.gather(*self._pumps, *self._open, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
 
     async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        server_r, server_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+        try:
+            server_r, server_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            client_w.close()
+            return
         lose = asyncio.Event()  # set when this connection's next reply is to be lost
 
         async def upstream() -> None:
@@ -56,17 +94,25 @@ class Proxy:
 
         async def downstream() -> None:
             while data := await server_r.read(65536):
+                if not self._replies_flow.is_set():
+                    await asyncio.Future()  # half-open: hold on until half_open(False) cuts us
                 if lose.is_set():
                     self.replies_lost += 1
                     return  # the reply goes nowhere; the connection is cut below
+                if self.latency_s:
+                    await asyncio.sleep(self.latency_s)
                 client_w.write(data)
                 await client_w.drain()
 
         pumps = [asyncio.create_task(upstream()), asyncio.create_task(downstream())]
         self._pumps.update(pumps)
+        me = asyncio.current_task()
+        assert me is not None
+        self._open.add(me)
         try:
             await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self._open.discard(me)
             for task in pumps:
                 task.cancel()
                 self._pumps.discard(task)
