@@ -4,8 +4,8 @@ during a failover is the same) makes a handler that had *finished* run again.
 The worker's ``advance`` after the handler returns gets the OOM error reply; the worker loop
 treats it as a bug ("worker ... failed; handing its jobs back"), its hand-back is refused too, it
 re-registers under a new id, and when the old lease lapses the reaper puts the finished job back:
-it runs again with attempt 2. A refused script wrote nothing, so retrying ``advance`` while the
-lease lasts would record the outcome once. Strict xfail until worker.py retries refused writes.
+it runs again with attempt 2. A refused script wrote nothing, so the worker now retries
+``advance`` (``Connectivity.retry`` rides out every Redis refusal) and records the outcome once.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from .conftest import queue_env, settings_of, wait_for
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.mark.xfail(strict=True, reason="worker.py gives a job back on a refused advance")
 async def test_finished_run_is_not_repeated_after_a_short_oom(
     redis_factory, cluster, producers, queue_name
 ) -> None:
