@@ -27,7 +27,11 @@ async def test_a_thousand_workers_in_one_process_still_place_jobs(
     exhaust redis-py's 100-connection pool, and the leader's own wait failed forever."""
     maxclients = int((await redis_client.config_get("maxclients"))["maxclients"])
     assert maxclients > 1100, f"the test Redis accepts only {maxclients} clients"
-    aq = AffinityQueue(make_settings(worker_count=1000))
+    # Leases of 20 s: registering and renewing 1,000 workers on a loaded 2-core machine can take
+    # longer than the suite's usual 2 s lease, and an expired lease is never renewed.
+    aq = AffinityQueue(
+        make_settings(worker_count=1000, heartbeat_interval_ms=1000, heartbeat_timeout_ms=20_000)
+    )
     runs: Counter[int] = Counter()
 
     @aq.handler("t")
