@@ -87,10 +87,11 @@ class Connectivity:
         finally:
             if failing:
                 self._failing -= 1
-                if self._failing == 0:
-                    self._reported.clear()
-                if self._failing == 0 and succeeded:
-                    self._log.info("queue %s: Redis is reachable again", self.queue)
+            # The fault is over when a call gets through and no loop still fails; a loop that
+            # gave up (its term ended) does not end it, so one outage is reported once.
+            if succeeded and self._failing == 0 and self._reported:
+                self._reported.clear()
+                self._log.info("queue %s: Redis is reachable again", self.queue)
 
     def _report(self, e: BaseException, what: str) -> None:
         kind = fault_kind(e)
