@@ -18,6 +18,8 @@ from fastapi import FastAPI
 from affinity_queue import AffinityQueue, JobFailedError
 from affinity_queue.keys import tag_id
 
+from .support import wait_for
+
 playwright_api = pytest.importorskip("playwright.async_api")
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -28,13 +30,6 @@ otherwise."""
 pytestmark = pytest.mark.skipif(
     not shutil.which(CHROMIUM), reason=f"{CHROMIUM} is missing (scripts/test installs chromium)"
 )
-
-
-async def _until(check: Any, what: str, timeout_s: float = 10.0) -> Any:
-    async with asyncio.timeout(timeout_s):
-        while not (value := await check()):
-            await asyncio.sleep(0.05)
-    return value
 
 
 @pytest.fixture
@@ -62,7 +57,7 @@ async def served(make_settings) -> AsyncIterator[tuple[str, AffinityQueue, dict[
         port = s.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve())
-    await _until(lambda: asyncio.sleep(0, server.started), "the server to start")
+    await wait_for(lambda: asyncio.sleep(0, server.started), bool, what="the server to start")
     try:
         yield f"http://127.0.0.1:{port}/dashboard", aq, {"hold": hold}
     finally:
@@ -85,9 +80,9 @@ async def test_pages_show_work_and_faults_and_actions_act(served, tmp_path) -> N
         stats = await q.get_queue_stats()
         return any(w.current_identify_tag == "tenant-x" for w in stats.workers)
 
-    await _until(holding, "a worker to take tenant-x")
+    await wait_for(holding, bool, what="a worker to take tenant-x")
     await q.add({"type": "hold", "identifyTag": "tenant-p"})
-    shots.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(shots.mkdir, parents=True, exist_ok=True)
 
     async with playwright_api.async_playwright() as p:
         browser = await p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
