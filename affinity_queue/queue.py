@@ -350,6 +350,38 @@ class QueueService:
             total=total,
         )
 
+    async def match_failed(
+        self,
+        *,
+        type: str | None = None,
+        identify_tag: str | None = None,
+        error_type: str | None = None,
+        limit: int = 1000,
+    ) -> tuple[list[str], bool]:
+        """Ids of up to ``limit`` dead letters matching the filters (for a bulk requeue or
+        delete), and whether more may match."""
+        ids: list[str] = []
+        cursor: int | None = 0
+        while cursor is not None and len(ids) < limit:
+            page = await self.find_failed(
+                type=type,
+                identify_tag=identify_tag,
+                error_type=error_type,
+                cursor=cursor,
+                limit=limit - len(ids),
+            )
+            ids += [j.id for j in page.jobs]
+            cursor = page.next_cursor
+        return ids, cursor is not None
+
+    async def exists(self) -> bool:
+        """Whether this queue has ever run against this Redis (its epoch or config is there)."""
+        self._check_open()
+        found: int = await self._guard(
+            partial(self._redis.exists, self._keys.epoch, self._keys.config)
+        )
+        return found > 0
+
     async def list_delayed(self, offset: int = 0, limit: int = 100) -> list[Job]:
         """Jobs not yet due (delayed, or waiting for a relaxed retry), soonest first."""
         self._check_open()

@@ -441,17 +441,7 @@ async def _selected(q: QueueService, form: dict[str, list[str]]) -> tuple[list[s
     if form.get("all", [""])[0] != "1":
         return [i for i in form.get("ids", []) if JOB_ID.match(i)], ""
     one = {k: (form.get(k, [""])[0] or None) for k in ("type", "tag", "error")}
-    ids: list[str] = []
-    cursor: int | None = 0
-    while cursor is not None and len(ids) < BULK_LIMIT:
-        page = await q.find_failed(
-            type=one["type"],
-            identify_tag=one["tag"],
-            error_type=one["error"],
-            cursor=cursor,
-            limit=BULK_LIMIT - len(ids),
-        )
-        ids += [j.id for j in page.jobs]
-        cursor = page.next_cursor
-    more = "; more match: press again" if cursor is not None else ""
-    return ids, more
+    ids, more = await q.match_failed(
+        type=one["type"], identify_tag=one["tag"], error_type=one["error"], limit=BULK_LIMIT
+    )
+    return ids, "; more match: press again" if more else ""
