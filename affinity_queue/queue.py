@@ -320,28 +320,34 @@ class QueueService:
         self._check_open()
         keys, cursor = self._keys, max(0, cursor)
 
-        async def read() -> tuple[int, list[str], list[Any]]:
+        async def read(start: int, n: int) -> tuple[int, list[str], list[Any]]:
             total: int = await self._redis.zcard(keys.failed)
-            ids: list[str] = await self._redis.zrevrange(keys.failed, cursor, cursor + window - 1)  # type: ignore[assignment]
+            ids: list[str] = await self._redis.zrevrange(keys.failed, start, start + n - 1)  # type: ignore[assignment]
             async with self._redis.pipeline(transaction=False) as pipe:
                 for job_id in ids:
                     pipe.hmget(keys.job(job_id), "type", "tag", "error")
                 return total, ids, await pipe.execute()
 
-        total, ids, fields = await self._guard(read)
         matched: list[str] = []
-        examined = 0
-        for job_id, (t, tag, error) in zip(ids, fields, strict=True):
-            examined += 1
-            if (
-                t is not None
-                and (type is None or t == type)
-                and (identify_tag is None or tag == identify_tag)
-                and (error_type is None or _error_type(error) == error_type)
-            ):
-                matched.append(job_id)
-                if len(matched) == limit:
-                    break
+        examined, total = 0, 0
+        # Read in slices, so that an unfiltered page reads about ``limit`` entries, not ``window``.
+        while examined < window and len(matched) < limit:
+            total, ids, fields = await self._guard(
+                partial(read, cursor + examined, min(max(limit, 100), window - examined))
+            )
+            for job_id, (t, tag, error) in zip(ids, fields, strict=True):
+                examined += 1
+                if (
+                    t is not None
+                    and (type is None or t == type)
+                    and (identify_tag is None or tag == identify_tag)
+                    and (error_type is None or _error_type(error) == error_type)
+                ):
+                    matched.append(job_id)
+                    if len(matched) == limit:
+                        break
+            if not ids:
+                break
         end = cursor + examined
         return FailedPage(
             jobs=await self.get_jobs(matched),
