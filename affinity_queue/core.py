@@ -348,6 +348,13 @@ class AffinityQueue:
     ) -> None:
         await self.aclose()
 
+    def dashboard(self, **options: Any) -> Any:
+        """The dashboard of these queues, an ASGI app to ``mount`` (needs the ``dashboard``
+        extra); see :func:`affinity_queue.dashboard.dashboard` for ``auth``, ``read_only``..."""
+        from .dashboard import dashboard
+
+        return dashboard(self, **options)
+
     @asynccontextmanager
     async def lifespan(self, app: Any = None) -> AsyncIterator[dict[str, Any]]:
         """An ASGI lifespan: ``FastAPI(lifespan=aq.lifespan)``. Yields ``{"affinity_queue": self}``

@@ -183,3 +183,34 @@ class QueueKeys:
     @property
     def done_channel(self) -> str:
         return self._key("K_DONE")
+
+    # Read by the dashboard and the CLI (indexes the scripts maintain).
+    def tag_queue_id(self, tid: str) -> str:
+        return self.tag_prefix + tid
+
+    def bound(self, tid: str) -> str:
+        return self.bound_prefix + tid
+
+    @property
+    def ready_bound(self) -> str:
+        return self._key("K_READY_BOUND")
+
+    @property
+    def ready_new(self) -> str:
+        return self._key("K_READY_NEW")
+
+    @property
+    def completed(self) -> str:
+        return self._key("K_COMPLETED")
+
+    @property
+    def delayed(self) -> str:
+        return self._key("K_DELAYED")
+
+    @property
+    def paused_tags(self) -> str:
+        return self._key("K_PAUSED_TAGS")
+
+    @property
+    def limits(self) -> str:
+        return self._key("K_LIMITS")

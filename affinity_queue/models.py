@@ -212,6 +212,43 @@ class QueueStats(_Model):
     leader: LeaderInfo | None
 
 
+class TagInfo(_Model):
+    """One tag as its indexes show it (see ``QueueService.get_tags``)."""
+
+    identify_tag: str
+    pending: int
+    """Jobs in the tag's pending list (not those already queued to a worker, nor delayed ones)."""
+    oldest_job_id: str | None
+    oldest_created_at: datetime | None
+    bound_workers: dict[str, int]
+    """Worker id -> batch taken, for each worker bound to the tag."""
+    limit: int
+    paused: bool
+    ready: str | None
+    """``bound`` or ``new`` when the tag is in a ready set (placeable now), else None."""
+
+
+class FailedPage(_Model):
+    """A window of dead letters that match a filter (see ``QueueService.find_failed``)."""
+
+    jobs: list[Job]
+    next_cursor: int | None
+    """Where the next window starts (a rank, newest first), or None when the set was exhausted."""
+    examined: int
+    total: int
+
+
+class ActivityBucket(_Model):
+    """One minute of a queue's activity, read from the retention indexes."""
+
+    start: datetime
+    finished: int
+    """Jobs completed or cancelled in the minute."""
+    failed: int
+    wait_ms: float | None
+    """Mean wait (created -> last start) of a sample of the minute's finished jobs."""
+
+
 @dataclass(slots=True)
 class JobContext:
     """What a handler that declares a second parameter receives."""

@@ -6,7 +6,7 @@ import asyncio
 import json
 import math
 import re
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
@@ -27,9 +27,20 @@ from .errors import (
     UnknownJobError,
     never_sent,
 )
-from .keys import tag_id
+from .keys import tag_from_id, tag_id
 from .lua import AddOptions, Scripts, new_token
-from .models import CancelOutcome, Job, JobStatus, LeaderInfo, QueueStats, Task, WorkerState
+from .models import (
+    ActivityBucket,
+    CancelOutcome,
+    FailedPage,
+    Job,
+    JobStatus,
+    LeaderInfo,
+    QueueStats,
+    TagInfo,
+    Task,
+    WorkerState,
+)
 from .notify import Waiters
 from .settings import MAX_ATTEMPTS_LIMIT, QueueSettings
 
@@ -261,11 +272,307 @@ class QueueService:
         self._check_open()
         if limit <= 0 or offset < 0:
             return []
+        return await self._newest(self._keys.failed, offset, limit)
+
+    async def list_finished(self, offset: int = 0, limit: int = 100) -> list[Job]:
+        """Completed and cancelled jobs still retained, newest first."""
+        self._check_open()
+        if limit <= 0 or offset < 0:
+            return []
+        return await self._newest(self._keys.completed, offset, limit)
+
+    async def _newest(self, index: str, offset: int, limit: int) -> list[Job]:
         ids: list[str] = await self._guard(
-            partial(self._redis.zrevrange, self._keys.failed, offset, offset + limit - 1)  # type: ignore[arg-type]
+            partial(self._redis.zrevrange, index, offset, offset + limit - 1)  # type: ignore[arg-type]
         )
-        jobs = [await self.get_job(job_id) for job_id in ids]
-        return [j for j in jobs if j is not None]
+        return await self.get_jobs(ids)
+
+    async def get_jobs(self, job_ids: Sequence[str]) -> list[Job]:
+        """The records of ``job_ids`` that exist, in order, in one round trip."""
+        self._check_open()
+        ids = [i for i in job_ids if JOB_ID.match(i)]
+        if not ids:
+            return []
+
+        async def read() -> list[Any]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    pipe.hgetall(self._keys.job(job_id))
+                return await pipe.execute()
+
+        records = await self._guard(read)
+        return [Job.from_redis(i, h) for i, h in zip(ids, records, strict=True) if h]
+
+    async def find_failed(
+        self,
+        *,
+        type: str | None = None,
+        identify_tag: str | None = None,
+        error_type: str | None = None,
+        cursor: int = 0,
+        limit: int = 50,
+        window: int = 2000,
+    ) -> FailedPage:
+        """Dead letters matching every filter given, newest first, from rank ``cursor`` on.
+
+        No index holds dead letters by type, tag or error, so this reads at most ``window``
+        entries of the dead-letter set (three fields each) and says where to go on."""
+        self._check_open()
+        keys, cursor = self._keys, max(0, cursor)
+
+        async def read(start: int, n: int) -> tuple[int, list[str], list[Any]]:
+            total: int = await self._redis.zcard(keys.failed)
+            ids: list[str] = await self._redis.zrevrange(keys.failed, start, start + n - 1)  # type: ignore[assignment]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    pipe.hmget(keys.job(job_id), "type", "tag", "error")
+                return total, ids, await pipe.execute()
+
+        matched: list[str] = []
+        examined, total = 0, 0
+        # Read in slices, so that an unfiltered page reads about ``limit`` entries, not ``window``.
+        while examined < window and len(matched) < limit:
+            total, ids, fields = await self._guard(
+                partial(read, cursor + examined, min(max(limit, 100), window - examined))
+            )
+            for job_id, (t, tag, error) in zip(ids, fields, strict=True):
+                examined += 1
+                if (
+                    t is not None
+                    and (type is None or t == type)
+                    and (identify_tag is None or tag == identify_tag)
+                    and (error_type is None or _error_type(error) == error_type)
+                ):
+                    matched.append(job_id)
+                    if len(matched) == limit:
+                        break
+            if not ids:
+                break
+        end = cursor + examined
+        return FailedPage(
+            jobs=await self.get_jobs(matched),
+            next_cursor=end if end < total else None,
+            examined=examined,
+            total=total,
+        )
+
+    async def match_failed(
+        self,
+        *,
+        type: str | None = None,
+        identify_tag: str | None = None,
+        error_type: str | None = None,
+        limit: int = 1000,
+    ) -> tuple[list[str], bool]:
+        """Ids of up to ``limit`` dead letters matching the filters (for a bulk requeue or
+        delete), and whether more may match."""
+        ids: list[str] = []
+        cursor: int | None = 0
+        while cursor is not None and len(ids) < limit:
+            page = await self.find_failed(
+                type=type,
+                identify_tag=identify_tag,
+                error_type=error_type,
+                cursor=cursor,
+                limit=limit - len(ids),
+            )
+            ids += [j.id for j in page.jobs]
+            cursor = page.next_cursor
+        return ids, cursor is not None
+
+    async def exists(self) -> bool:
+        """Whether this queue has ever run against this Redis (its epoch or config is there)."""
+        self._check_open()
+        found: int = await self._guard(
+            partial(self._redis.exists, self._keys.epoch, self._keys.config)
+        )
+        return found > 0
+
+    async def list_delayed(self, offset: int = 0, limit: int = 100) -> list[Job]:
+        """Jobs not yet due (delayed, or waiting for a relaxed retry), soonest first."""
+        self._check_open()
+        members: list[str] = await self._guard(
+            partial(self._redis.zrange, self._keys.delayed, offset, offset + limit - 1)  # type: ignore[arg-type]
+        )
+        # A member is the id with its order number zero-padded, so that equal times sort by order.
+        return await self.get_jobs([str(int(m[:15])) + m[15:] for m in members])
+
+    async def list_tag_jobs(self, identify_tag: str, offset: int = 0, limit: int = 50) -> list[Job]:
+        """A tag's pending jobs in the order they will run (its pending list)."""
+        self._check_open()
+        key = self._keys.tag_queue(identify_tag)
+        ids: list[str] = await self._guard(
+            partial(self._redis.lrange, key, offset, offset + limit - 1)  # type: ignore[arg-type]
+        )
+        return await self.get_jobs(ids)
+
+    async def get_tags(self, identify_tags: Sequence[str]) -> list[TagInfo]:
+        """Backlog, oldest job, bound workers, limit, pause and readiness of each tag, read in
+        two round trips whatever the backlog."""
+        self._check_open()
+        keys = self._keys
+        tids = [tag_id(t) for t in identify_tags]
+
+        async def read() -> tuple[list[Any], list[Any]]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hget(keys.config, "concurrency")
+                for tid in tids:
+                    pipe.llen(keys.tag_queue_id(tid))
+                    pipe.lindex(keys.tag_queue_id(tid), 0)
+                    pipe.zrange(keys.bound(tid), 0, -1, withscores=True)
+                    pipe.hget(keys.limits, tid)
+                    pipe.sismember(keys.paused_tags, tid)
+                    pipe.zscore(keys.ready_bound, tid)
+                    pipe.zscore(keys.ready_new, tid)
+                first = await pipe.execute()
+                for i in range(len(tids)):
+                    head = first[1 + 7 * i + 1]
+                    pipe.hget(keys.job(head or "none"), "created")
+                return first, await pipe.execute()
+
+        (default, *rows), created = await self._guard(read)
+        default = default or self.settings.identify_tag_concurrency.default
+        tags = []
+        for i, tag in enumerate(identify_tags):
+            n, head, bound, limit, paused, in_bound, in_new = rows[7 * i : 7 * i + 7]
+            tags.append(
+                TagInfo(
+                    identify_tag=tag,
+                    pending=n,
+                    oldest_job_id=head,
+                    oldest_created_at=_from_ms(created[i]),
+                    bound_workers={w: int(b) for w, b in bound},
+                    limit=int(limit or default),
+                    paused=bool(paused),
+                    ready="bound"
+                    if in_bound is not None
+                    else "new"
+                    if in_new is not None
+                    else None,
+                )
+            )
+        return tags
+
+    async def waiting_tags(self, limit: int = 20) -> list[str]:
+        """Tags that can be placed now, the one whose head has waited longest first (what the
+        scheduler takes next; a tag waiting for a full batch or paused is in neither set)."""
+        self._check_open()
+        keys = self._keys
+
+        async def read() -> list[Any]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.zrange(keys.ready_bound, 0, limit - 1, withscores=True)
+                pipe.zrange(keys.ready_new, 0, limit - 1, withscores=True)
+                return await pipe.execute()
+
+        bound, new = await self._guard(read)
+        ranked = sorted([*bound, *new], key=lambda m: m[1])[:limit]
+        return [tag_from_id(tid) for tid, _ in ranked]
+
+    async def search_tags(
+        self, prefix: str, limit: int = 50, budget: int = 20_000
+    ) -> tuple[list[str], bool]:
+        """Tags starting with ``prefix`` among the tags with placeable work and the paused tags,
+        and whether the search was complete. There is no index of every tag by name: this walks
+        those sets with ``ZSCAN``/``SSCAN`` (never the keyspace) until ``budget`` entries."""
+        self._check_open()
+        keys, pattern = self._keys, tag_id(prefix) + "*"  # hex holds no glob character
+        found: dict[str, None] = {}
+        seen = 0
+        for key in (keys.ready_bound, keys.ready_new, keys.paused_tags):
+            cursor = 0
+            while True:
+                if seen >= budget or len(found) >= limit:
+                    return list(found)[:limit], False
+                page: tuple[int, Any] = await self._guard(
+                    partial(
+                        self._redis.sscan if key == keys.paused_tags else self._redis.zscan,
+                        key,
+                        cursor,
+                        match=pattern,
+                        count=1000,
+                    )
+                )
+                cursor, members = page
+                seen += 1000
+                for m in members:
+                    found[tag_from_id(m if isinstance(m, str) else m[0])] = None
+                if cursor == 0:
+                    break
+        return list(found)[:limit], True
+
+    async def activity(self, minutes: int = 15, sample: int = 20) -> list[ActivityBucket]:
+        """Jobs finished and failed per minute over the last ``minutes``, with the mean wait of
+        up to ``sample`` of each minute's finished jobs: counts come from the retention indexes
+        (``ZCOUNT``), so this costs the same whatever the backlog."""
+        self._check_open()
+        keys = self._keys
+
+        async def read() -> tuple[int, list[Any], list[Any]]:
+            seconds, micros = await self._redis.time()
+            now = seconds * 1000 + micros // 1000
+            start = now - now % 60_000 - (minutes - 1) * 60_000
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for m in range(minutes):
+                    lo, hi = start + m * 60_000, start + (m + 1) * 60_000 - 1
+                    pipe.zcount(keys.completed, lo, hi)
+                    pipe.zcount(keys.failed, lo, hi)
+                    pipe.zrevrangebyscore(keys.completed, hi, lo, start=0, num=sample)
+                counted = await pipe.execute()
+                for m in range(minutes):
+                    for job_id in counted[3 * m + 2]:
+                        pipe.hmget(keys.job(job_id), "created", "started")
+                return start, counted, await pipe.execute()
+
+        start, counted, times = await self._guard(read)
+        buckets, t = [], iter(times)
+        for m in range(minutes):
+            waits = [
+                int(s) - int(c)
+                for c, s in (next(t) for _ in counted[3 * m + 2])
+                if c is not None and s is not None
+            ]
+            buckets.append(
+                ActivityBucket(
+                    start=datetime.fromtimestamp((start + m * 60_000) / 1000, UTC),
+                    finished=counted[3 * m],
+                    failed=counted[3 * m + 1],
+                    wait_ms=sum(waits) / len(waits) if waits else None,
+                )
+            )
+        return buckets
+
+    async def get_config(self) -> dict[str, Any]:
+        """The leader's scheduling settings as stored, the pause flag, and the sizes of the
+        indexes: what the overview shows beside the counts."""
+        self._check_open()
+        keys = self._keys
+
+        async def read() -> list[Any]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hmget(keys.config, "max_batch", "concurrency", "paused")
+                for key in (keys.failed, keys.completed, keys.delayed, keys.ready_bound):
+                    pipe.zcard(key)
+                pipe.zcard(keys.ready_new)
+                pipe.scard(keys.paused_tags)
+                pipe.zrange(keys.workers, 0, -1, withscores=True)
+                return await pipe.execute()
+
+        (max_batch, concurrency, paused), *sizes, leases = await self._guard(read)
+        concurrency = concurrency or self.settings.identify_tag_concurrency.default
+        return {
+            "max_batch_size": int(max_batch or self.settings.max_batch_size),
+            "default_concurrency": int(
+                concurrency or self.settings.identify_tag_concurrency.default
+            ),
+            "paused": paused == "1",
+            "dead_letters": sizes[0],
+            "retained_finished": sizes[1],
+            "delayed": sizes[2],
+            "ready_tags": sizes[3] + sizes[4],
+            "paused_tags": sizes[5],
+            "lease_expiry_ms": {w: int(score) for w, score in leases},
+        }
 
     async def requeue_failed(self, job_id: str) -> bool:
         """Put a dead letter back at the front of its tag, its attempts starting over."""
@@ -380,6 +687,21 @@ class QueueService:
                 raise
             await asyncio.sleep(delay_s)
             delay_s = min(delay_s * 2, 0.5)
+
+
+def _error_type(error: str | None) -> str | None:
+    try:
+        return str(json.loads(error)["type"]) if error else None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _ready(in_bound: float | None, in_new: float | None) -> str | None:
+    return "bound" if in_bound is not None else "new" if in_new is not None else None
+
+
+def _from_ms(ms: str | None) -> datetime | None:
+    return datetime.fromtimestamp(int(ms) / 1000, UTC) if ms else None
 
 
 def _chunks(tasks: list[tuple[Task, str]]) -> Iterator[list[tuple[Task, str]]]:

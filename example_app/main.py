@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
 import time
 from typing import Annotated, Any
 
@@ -26,6 +28,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
@@ -243,3 +246,26 @@ async def _job_or_404(queue: QueueService, job_id: str) -> Job:
     if job is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id!r} in queue {queue.name!r}")
     return job
+
+
+# -- the dashboard -----------------------------------------------------------------------------
+_basic = HTTPBasic(auto_error=False)
+
+
+def dashboard_user(credentials: Annotated[HTTPBasicCredentials | None, Depends(_basic)]) -> str:
+    """HTTP Basic against DASHBOARD_PASSWORD (any user name): an example of an auth dependency."""
+    expected = os.environ.get("DASHBOARD_PASSWORD", "")
+    given = credentials.password if credentials else ""
+    if not expected or not secrets.compare_digest(given.encode(), expected.encode()):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, "log in", headers={"WWW-Authenticate": "Basic"}
+        )
+    return credentials.username if credentials else ""
+
+
+if os.environ.get("DASHBOARD_PASSWORD"):
+    app.mount("/dashboard", aq.dashboard(auth=dashboard_user))
+else:
+    # A local demo only: anyone who can reach the port can pause queues and requeue jobs.
+    log.warning("the dashboard at /dashboard is open to all: set DASHBOARD_PASSWORD to protect it")
+    app.mount("/dashboard", aq.dashboard(allow_unauthenticated=True))

@@ -42,7 +42,7 @@ def test_help_is_the_installed_command() -> None:
 def test_stats_prints_one_json_line_per_queue(redis_server, tmp_path) -> None:
     env = {"REDIS_URL": redis_server.url, "PENDING_QUEUE_NAME": f"cli-{tmp_path.name}"}
     result = subprocess.run(
-        [CONSOLE_SCRIPT, "stats", "example_app.main:aq"],
+        [CONSOLE_SCRIPT, "stats", "example_app.main:aq", "--json"],
         cwd=REPO,
         env={**_clean_env(), **env},
         capture_output=True,

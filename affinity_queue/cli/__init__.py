@@ -1,4 +1,6 @@
-"""The ``affinity-queue`` console command: run a queue's roles in a process without HTTP.
+"""The ``affinity-queue`` console command: run a queue's roles in a process without HTTP
+(``worker``, here), and inspect and act on queues (``stats`` and the operator commands, in
+:mod:`.ops`).
 
 The only place that installs signal handlers (inside uvicorn, uvicorn owns them).
 """
@@ -17,18 +19,16 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from . import __version__
-from .core import AffinityQueue, _redacted
-from .errors import QueueUnavailableError
-from .settings import QueueSettings, Role
+from .. import __version__
+from ..core import AffinityQueue, _redacted
+from ..errors import QueueUnavailableError
+from ..settings import QueueSettings, Role
+from . import ops
+from .ops import UsageError
 
 EXIT_USAGE = 2
 EXIT_FORCED = 1
 EXIT_ERROR = 1
-
-
-class UsageError(Exception):
-    """TARGET is misspelt or names nothing: a one-line message, no traceback."""
 
 
 TARGET_HELP = (
@@ -58,8 +58,9 @@ examples:
 """
 
 STATS_DESCRIPTION = """\
-Import TARGET and print the statistics of its queues as JSON, one object per line: counts by
-status, every live worker's state and the current leader. Exits 1 when Redis cannot be reached.
+Print each queue's counts by status and its number of live workers; with --json, one object
+per queue and line: counts, every live worker's state and the current leader. The queues are
+TARGET's (or --app's), else --queue's at REDIS_URL. Exits 1 when Redis cannot be reached.
 """
 
 
@@ -92,13 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=WORKER_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands.add_parser(
+    stats = commands.add_parser(
         "stats",
-        parents=[common],
-        help="print each queue's statistics as JSON",
+        help="print each queue's counts (a table, or JSON)",
         description=STATS_DESCRIPTION,
+        epilog=ops.EPILOG.format(example="stats --queue pending-tasks --json"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    stats.add_argument("target", metavar="TARGET", nargs="?", help=TARGET_HELP)
+    ops.add_common(stats)
+    ops.add_commands(commands)
     return parser
 
 
@@ -135,6 +139,8 @@ def load_target(target: str, app_dir: str) -> AffinityQueue:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "worker":
+        return _operate(args)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)-8s %(name)s: %(message)s",
@@ -154,22 +160,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"affinity-queue: error: importing {args.target} raised:", file=sys.stderr)
         traceback.print_exc()
         return EXIT_ERROR
-    if args.command == "stats":
-        return asyncio.run(_stats(aq))
     return asyncio.run(_run_worker(aq, args.target))
 
 
-async def _stats(aq: AffinityQueue) -> int:
+def _operate(args: argparse.Namespace) -> int:
+    """``stats`` and the operator commands: usage errors exit 2 with one line, nothing done."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)-8s %(name)s: %(message)s")
+    if getattr(args, "target", None):
+        args.app = args.target
     try:
-        for name in aq.names:
-            stats = await aq.queue(name).get_queue_stats()
-            print(stats.model_dump_json(), flush=True)
-    except QueueUnavailableError as e:
+        aq, names = ops.open_app(args, load_target)
+    except UsageError as e:
         print(f"affinity-queue: error: {e}", file=sys.stderr)
-        return 1
-    finally:
-        await aq.aclose()
-    return 0
+        return EXIT_USAGE
+    except ValidationError as e:
+        if e.title != QueueSettings.__name__:
+            raise
+        print(f"affinity-queue: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    return asyncio.run(ops.run(args, aq, names))
 
 
 def _say(message: str) -> None:
