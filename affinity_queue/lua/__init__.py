@@ -40,6 +40,7 @@ SCRIPT_NAMES = (
     "elect",
     "heartbeat",
     "pause",
+    "progress",
     "reap",
     "register",
     "renew",
@@ -245,6 +246,11 @@ class Scripts:
 
     async def pause(self, token: str, on: bool, tid: str = "") -> None:
         await self._call("pause", token, int(on), tid)
+
+    async def progress(self, worker_id: str, job_id: str, value_json: str) -> bool:
+        """Store a running job's progress; False when it is no longer this worker's active
+        job (nothing written)."""
+        return bool(await self._call("progress", worker_id, job_id, value_json))
 
     async def requeue_failed(self, token: str, job_id: str) -> bool:
         return bool(await self._call("requeue_failed", token, job_id))
