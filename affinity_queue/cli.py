@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import logging
 import os
 import signal
 import sys
@@ -20,6 +19,7 @@ from pydantic import ValidationError
 from . import __version__
 from .core import AffinityQueue, _redacted
 from .errors import QueueUnavailableError
+from .observability import logs
 from .settings import QueueSettings, Role
 
 EXIT_USAGE = 2
@@ -84,13 +84,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="log level of the affinity_queue loggers and the root logger (default: info)",
     )
 
-    commands.add_parser(
+    worker = commands.add_parser(
         "worker",
         parents=[common],
         help="run the scheduler and/or workers that APP_ROLE asks for, until SIGTERM",
         description=WORKER_DESCRIPTION,
         epilog=WORKER_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    worker.add_argument(
+        "--log-format",
+        default=os.environ.get("LOG_FORMAT", "text").lower(),
+        choices=["text", "json"],
+        help="text lines, or one JSON object per line with the job's fields (default: "
+        "LOG_FORMAT, else text)",
+    )
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on this port (the 'metrics' extra)",
     )
     commands.add_parser(
         "stats",
@@ -135,10 +148,7 @@ def load_target(target: str, app_dir: str) -> AffinityQueue:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)-8s %(name)s: %(message)s",
-    )
+    logs.configure(getattr(args, "log_format", "text"), args.log_level)
     try:
         aq = load_target(args.target, args.app_dir)
     except UsageError as e:
@@ -156,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     if args.command == "stats":
         return asyncio.run(_stats(aq))
-    return asyncio.run(_run_worker(aq, args.target))
+    return asyncio.run(_run_worker(aq, args.target, args.metrics_port))
 
 
 async def _stats(aq: AffinityQueue) -> int:
@@ -209,7 +219,7 @@ async def _describe(aq: AffinityQueue) -> None:
             )
 
 
-async def _run_worker(aq: AffinityQueue, target: str) -> int:
+async def _run_worker(aq: AffinityQueue, target: str, metrics_port: int | None = None) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
@@ -229,11 +239,19 @@ async def _run_worker(aq: AffinityQueue, target: str) -> int:
         f"{__version__} running {target} (pid {os.getpid()}), "
         f"role {', '.join(r.value for r in roles)}"
     )
+    metrics: asyncio.Server | None = None
+    if metrics_port is not None:
+        from .observability.metrics import metrics_app, serve
+
+        metrics = await serve(metrics_app(aq), metrics_port)
+        _say(f"metrics on http://0.0.0.0:{metrics_port}/metrics")
     try:
         async with aq:
             await _describe(aq)
             await stop.wait()
     finally:
+        if metrics is not None:
+            metrics.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     _say("stopped")

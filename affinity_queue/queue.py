@@ -149,8 +149,11 @@ class QueueService:
         validated = [self._validate(t, i) for i, t in enumerate(tasks)]
         if self.tracer is None:
             return await self._add_chunks(validated, options, None)
-        async with self.tracer.producing(len(validated)) as carrier:
-            return await self._add_chunks(validated, options, dumps(carrier) if carrier else None)
+        async with self.tracer.producing(len(validated)) as span:
+            carrier = dumps(span.carrier) if span.carrier else None
+            jobs = await self._add_chunks(validated, options, carrier)
+            span.added([job.id for job in jobs])
+            return jobs
 
     async def _add_chunks(
         self, validated: list[tuple[Task, str]], options: AddOptions, carrier: str | None

@@ -44,10 +44,18 @@ class MetricsRecorder(Protocol):
     def fenced(self) -> None: ...
 
 
+class Producing(Protocol):
+    """The producer span of one ``add``: its propagation carrier, and the ids it produced."""
+
+    carrier: dict[str, str]
+
+    def added(self, job_ids: list[str]) -> None: ...
+
+
 class TraceRecorder(Protocol):
     """Producer and consumer spans of one queue (the OpenTelemetry messaging conventions)."""
 
-    def producing(self, n: int) -> AbstractAsyncContextManager[dict[str, str]]:
+    def producing(self, n: int) -> AbstractAsyncContextManager[Producing]:
         """Around an ``add`` of ``n`` tasks: yields the carrier to store with them."""
 
     def consuming(
