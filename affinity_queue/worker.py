@@ -582,7 +582,7 @@ class WorkerService(QueueRuntime):
         if job is None:
             return None
         if self.metrics is not None:
-            self.metrics.started(self._redis, self._keys, job.id, job.type)
+            self.metrics.started(self._scripts, job.id, job.type)
         if binding is None:
             binding = _Binding(job.identify_tag)
             event = TagEvent(self.name, job.identify_tag, wid, binding.state)

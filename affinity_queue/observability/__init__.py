@@ -13,9 +13,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
-    from ..keys import QueueKeys
+    from ..lua import Scripts
     from ..models import JobContext
 
 
@@ -29,7 +27,7 @@ class MetricsRecorder(Protocol):
 
     def enqueued(self, type: str, n: int) -> None: ...
 
-    def started(self, redis: Redis, keys: QueueKeys, job_id: str, type: str) -> None:
+    def started(self, scripts: Scripts, job_id: str, type: str) -> None:
         """A job started: its wait (enqueue to start, delay excluded) is read later, in bulk."""
 
     def finished(self, type: str, outcome: str, duration_s: float) -> None:

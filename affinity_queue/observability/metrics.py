@@ -16,25 +16,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from bisect import bisect_left
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..keys import QueueKeys, tag_from_id
+from ..keys import tag_from_id
 from . import missing_extra
 
 try:
-    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-    from prometheus_client.core import GaugeMetricFamily, Metric
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+        Metric,
+    )
     from prometheus_client.exposition import CONTENT_TYPE_LATEST
     from prometheus_client.registry import Collector
 except ImportError as e:  # pragma: no cover - exercised without the extra
     raise ImportError(missing_extra("metrics", "prometheus-client")) from e
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
     from ..core import AffinityQueue
+    from ..lua import Scripts
 
 log = logging.getLogger("affinity_queue.metrics")
 
@@ -46,134 +51,153 @@ WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 
 RELEASE_REASONS = ("batch_full", "drained", "retry_hold", "lease_expired", "released_on_stop")
 
 
-class _Families:
-    """The per-process metric families of one registry, shared by all its queues."""
+class _Histogram:
+    """Bucket counts and a sum: an observation is a bisect and two additions."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
-        def counter(name: str, doc: str, labels: tuple[str, ...]) -> Counter:
-            return Counter(name, doc, labels, registry=registry)
+    __slots__ = ("bounds", "counts", "sum")
 
-        self.enqueued = counter(
-            "affinity_queue_tasks_enqueued", "Tasks added by this process.", ("queue", "type")
-        )
-        self.finished = counter(
-            "affinity_queue_tasks_finished",
-            "Runs finished by this process's workers, by outcome (completed, failed, cancelled; "
-            "a failed attempt that will retry counts in task_retries_total).",
-            ("queue", "type", "outcome"),
-        )
-        self.retries = counter(
-            "affinity_queue_task_retries", "Failed attempts that will run again.", ("queue", "type")
-        )
-        self.recovered = counter(
-            "affinity_queue_tasks_recovered",
-            "Dead workers whose jobs this process's leader handed back.",
-            ("queue",),
-        )
-        self.handovers = counter(
-            "affinity_queue_tag_handovers",
-            "Tags released by this process's workers, by reason.",
-            ("queue", "reason"),
-        )
-        self.leader_changes = counter(
-            "affinity_queue_leader_changes", "Terms this process began as leader.", ("queue",)
-        )
-        self.fenced = counter(
-            "affinity_queue_fenced_rejections",
-            "Calls of this process's scheduler refused because its term had ended.",
-            ("queue",),
-        )
-        self.duration = Histogram(
-            "affinity_queue_task_duration_seconds",
-            "Handler run time, per attempt.",
-            ("queue", "type"),
-            buckets=DURATION_BUCKETS,
-            registry=registry,
-        )
-        self.wait = Histogram(
-            "affinity_queue_task_wait_seconds",
-            "From enqueue (or the end of its delay) to the start of its run, per attempt.",
-            ("queue", "type"),
-            buckets=WAIT_BUCKETS,
-            registry=registry,
-        )
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out, running = [], 0
+        for bound, n in zip([*map(str, self.bounds), "+Inf"], self.counts, strict=True):
+            running += n
+            out.append((bound, float(running)))
+        return out
+
+
+COUNTERS = {
+    "affinity_queue_tasks_enqueued": ("Tasks added by this process.", ("type",)),
+    "affinity_queue_tasks_finished": (
+        "Runs finished by this process's workers: completed or failed for good (a failed "
+        "attempt that will run again counts in task_retries_total).",
+        ("type", "outcome"),
+    ),
+    "affinity_queue_task_retries": ("Failed attempts that will run again.", ("type",)),
+    "affinity_queue_tasks_recovered": (
+        "Dead workers whose jobs this process's leader handed back.",
+        (),
+    ),
+    "affinity_queue_tag_handovers": ("Tags released by this process's workers.", ("reason",)),
+    "affinity_queue_leader_changes": ("Terms this process began as leader.", ()),
+    "affinity_queue_fenced_rejections": (
+        "Terms of this process's scheduler that ended refused (its fence was stale).",
+        (),
+    ),
+}
+HISTOGRAMS = {
+    "affinity_queue_task_duration_seconds": ("Handler run time, per attempt.", DURATION_BUCKETS),
+    "affinity_queue_task_wait_seconds": (
+        "From enqueue (or the end of its delay) to the start of the run, per attempt.",
+        WAIT_BUCKETS,
+    ),
+}
 
 
 class QueueMetrics:
     """The :class:`~affinity_queue.observability.MetricsRecorder` of one queue.
 
-    Label children are looked up once per (type, outcome) and kept: ``labels()`` takes a lock
-    and builds a tuple, too dear for every task.
+    Plain in-process accumulators, turned into metric families only at scrape time: the
+    client library's ``labels().inc()`` and ``observe()`` take a lock and cost several
+    microseconds, a tenth of a no-op task's whole cost. Only the event loop's thread records.
     """
 
-    def __init__(self, families: _Families, queue: str) -> None:
-        self._f = families
-        self._queue = queue
-        self._children: dict[tuple[str, ...], Any] = {}
+    def __init__(self, queue: str) -> None:
+        self.queue = queue
+        self.counters: dict[tuple[str, tuple[str, ...]], float] = {}
+        self.histograms: dict[tuple[str, str], _Histogram] = {}
         self._to_read: list[tuple[str, str]] = []  # (job id, type) started this turn
         self._reading: set[asyncio.Task[None]] = set()
         self._failing = False
 
-    def _child(self, family: Any, *labels: str) -> Any:
-        key = (family._name, *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = family.labels(self._queue, *labels)
-        return child
+    def _inc(self, name: str, labels: tuple[str, ...], n: float = 1) -> None:
+        key = (name, labels)
+        self.counters[key] = self.counters.get(key, 0) + n
+
+    def _observe(self, name: str, type: str, value: float) -> None:
+        h = self.histograms.get((name, type))
+        if h is None:
+            h = self.histograms[(name, type)] = _Histogram(HISTOGRAMS[name][1])
+        h.observe(value)
 
     def enqueued(self, type: str, n: int) -> None:
-        self._child(self._f.enqueued, type).inc(n)
+        self._inc("affinity_queue_tasks_enqueued", (type,), n)
 
     def finished(self, type: str, outcome: str, duration_s: float) -> None:
         if outcome == "retry":
-            self._child(self._f.retries, type).inc()
+            self._inc("affinity_queue_task_retries", (type,))
         else:
-            self._child(self._f.finished, type, outcome).inc()
-        self._child(self._f.duration, type).observe(duration_s)
+            self._inc("affinity_queue_tasks_finished", (type, outcome))
+        self._observe("affinity_queue_task_duration_seconds", type, duration_s)
 
     def handover(self, reason: str) -> None:
-        self._child(self._f.handovers, reason).inc()
+        self._inc("affinity_queue_tag_handovers", (reason,))
 
     def recovered(self, workers: int) -> None:
-        self._child(self._f.recovered).inc(workers)
+        self._inc("affinity_queue_tasks_recovered", (), workers)
 
     def term_began(self) -> None:
-        self._child(self._f.leader_changes).inc()
+        self._inc("affinity_queue_leader_changes", ())
 
     def fenced(self) -> None:
-        self._child(self._f.fenced).inc()
+        self._inc("affinity_queue_fenced_rejections", ())
 
-    def started(self, redis: Redis, keys: QueueKeys, job_id: str, type: str) -> None:
+    def started(self, scripts: Scripts, job_id: str, type: str) -> None:
         if not self._to_read:
-            asyncio.get_running_loop().call_soon(self._read_waits, redis, keys)
+            asyncio.get_running_loop().call_soon(self._read_waits, scripts)
         self._to_read.append((job_id, type))
 
-    def _read_waits(self, redis: Redis, keys: QueueKeys) -> None:
+    def _read_waits(self, scripts: Scripts) -> None:
         batch, self._to_read = self._to_read, []
-        task = asyncio.get_running_loop().create_task(self._observe_waits(redis, keys, batch))
+        task = asyncio.get_running_loop().create_task(self._observe_waits(scripts, batch))
         self._reading.add(task)
         task.add_done_callback(self._reading.discard)
 
-    async def _observe_waits(
-        self, redis: Redis, keys: QueueKeys, batch: list[tuple[str, str]]
-    ) -> None:
-        """One pipeline for every job that started in one turn: wait = started - max(created,
-        due), all three written by the scripts with Redis's clock (no skew between hosts)."""
+    async def _observe_waits(self, scripts: Scripts, batch: list[tuple[str, str]]) -> None:
+        """One script call for every job that started in one turn: wait = started -
+        max(created, due), all three written with Redis's clock (no skew between hosts)."""
         try:
-            async with redis.pipeline(transaction=False) as pipe:
-                for job_id, _ in batch:
-                    pipe.hmget(keys.job(job_id), ["created", "due", "started"])
-                replies = await pipe.execute()
+            times = await scripts.job_times([job_id for job_id, _ in batch])
         except Exception as e:
             if not self._failing:
-                log.warning("queue %s: could not read job wait times: %r", self._queue, e)
+                log.warning("queue %s: could not read job wait times: %r", self.queue, e)
             self._failing = True
             return
         self._failing = False
-        for (_, type_), (created, due, started) in zip(batch, replies, strict=True):
+        for (_, type_), (created, due, started) in zip(batch, times, strict=True):
             if created and started:
-                enqueued = max(int(created), int(due or 0))
-                self._child(self._f.wait, type_).observe(max(0, int(started) - enqueued) / 1000)
+                wait_s = max(0, started - max(created, due)) / 1000
+                self._observe("affinity_queue_task_wait_seconds", type_, wait_s)
+
+
+class ProcessCollector(Collector):
+    """This process's counters and histograms, of every queue it instruments."""
+
+    def __init__(self) -> None:
+        self.queues: list[QueueMetrics] = []
+
+    def collect(self) -> Iterator[Metric]:
+        for name, (doc, labels) in COUNTERS.items():
+            family = CounterMetricFamily(name, doc, labels=["queue", *labels])
+            for q in self.queues:
+                for (metric, values), n in list(q.counters.items()):
+                    if metric == name:
+                        family.add_metric([q.queue, *values], n)
+            yield family
+        for name, (doc, _) in HISTOGRAMS.items():
+            hist = HistogramMetricFamily(name, doc, labels=["queue", "type"])
+            for q in self.queues:
+                for (metric, type_), h in list(q.histograms.items()):
+                    if metric == name:
+                        hist.add_metric([q.queue, type_], h.buckets(), h.sum)
+            yield hist
 
 
 @dataclass(slots=True)
@@ -337,9 +361,9 @@ class MetricsApp:
 
     async def __call__(
         self,
-        scope: dict[str, Any],
-        receive: Callable[[], Awaitable[Any]],
-        send: Callable[[Any], Awaitable[None]],
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
+        send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
     ) -> None:
         if scope["type"] != "http":  # lifespan and websockets: nothing to do
             return
@@ -351,7 +375,10 @@ class MetricsApp:
 
 
 async def _respond(
-    send: Callable[[Any], Awaitable[None]], status: int, body: bytes, ctype: str
+    send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+    status: int,
+    body: bytes,
+    ctype: str,
 ) -> None:
     await send(
         {
@@ -379,9 +406,15 @@ def metrics_app(
     to serve them together with your own metrics from one endpoint).
     """
     registry = registry or CollectorRegistry(auto_describe=True)
-    families = _Families(registry)
-    aq.instrument(metrics=lambda name: QueueMetrics(families, name))
+    process = ProcessCollector()
+
+    def recorder(name: str) -> QueueMetrics:
+        process.queues.append(QueueMetrics(name))
+        return process.queues[-1]
+
+    aq.instrument(metrics=recorder)
     collector = QueueCollector(aq, top_tags)
+    registry.register(process)
     registry.register(collector)
     return MetricsApp(registry, collector)
 
