@@ -51,6 +51,7 @@ async def run(cfg: Config, modes: list[str]) -> dict[str, Any]:
         admin = Redis.from_url(server.url, decode_responses=True)
         inner = script_commands()
         rates: dict[str, list[float]] = {m: [] for m in modes}
+        cpu: dict[str, list[float]] = {m: [] for m in modes}
         try:
             for r in range(cfg.runs):
                 for mode in modes:
@@ -58,6 +59,7 @@ async def run(cfg: Config, modes: list[str]) -> dict[str, Any]:
                     gc.collect()
                     figures = await drain(server.url, admin, cfg, inner, instrument=MODES[mode])
                     rates[mode].append(figures["tasks_per_s"])
+                    cpu[mode].append(figures["python_cpu_us_per_task"])
                     print(
                         f"run {r + 1} {mode}: {figures['tasks_per_s']:.0f} tasks/s", file=sys.stderr
                     )
@@ -70,6 +72,7 @@ async def run(cfg: Config, modes: list[str]) -> dict[str, Any]:
         "runs": cfg.runs,
         "tasks_per_s": rates,
         "median_tasks_per_s": medians,
+        "median_python_cpu_us_per_task": {m: percentile(v, 50) for m, v in cpu.items()},
         "vs_off": {m: v / base for m, v in medians.items()} if base else {},
         "us_per_task_over_off": {m: 1e6 / v - 1e6 / base for m, v in medians.items()}
         if base
