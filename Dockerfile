@@ -8,7 +8,7 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY affinity_queue ./affinity_queue
-RUN pip install ".[standard,dashboard]"
+RUN pip install ".[standard,dashboard,metrics]"
 COPY example_app ./example_app
 
 # Not root at run time.

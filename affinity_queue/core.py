@@ -27,16 +27,18 @@ except ImportError:  # older redis-py has no such notifications and always check
 
 from .errors import LifecycleError, UnknownQueueError
 from .lua import Scripts
+from .observability import MetricsRecorder, TraceRecorder
 from .queue import QueueService
 from .retry import Connectivity
 from .scheduler import Scheduler
 from .settings import QueueSettings
-from .worker import WAIT_CAP_S, WorkerService
+from .worker import WAIT_CAP_S, Middleware, WorkerService
 
 log = logging.getLogger("affinity_queue")
 
 DEFAULT_QUEUE = "default"
 HandlerT = TypeVar("HandlerT", bound=Callable[..., Any])
+HookT = TypeVar("HookT", bound=Callable[..., Any])
 
 
 class _State(Enum):
@@ -274,6 +276,48 @@ class AffinityQueue:
         """Register the decorated function as the handler of ``type`` on ``queue``."""
         return self.worker(queue).handler(type, timeout_s=timeout_s)
 
+    # -- hooks and instruments --------------------------------------------------------------
+    def on_startup(self, fn: HookT | None = None, *, queue: str = DEFAULT_QUEUE) -> Any:
+        """``@aq.on_startup``: run ``fn()`` before ``queue``'s workers start (in processes whose
+        APP_ROLE works); a mapping it returns is merged into every handler's ``ctx.state``.
+        See :meth:`WorkerService.on_startup`."""
+        return self._hook("on_startup", fn, queue)
+
+    def on_shutdown(self, fn: HookT | None = None, *, queue: str = DEFAULT_QUEUE) -> Any:
+        """``@aq.on_shutdown``: run ``fn()`` after ``queue``'s workers stopped."""
+        return self._hook("on_shutdown", fn, queue)
+
+    def middleware(self, fn: Middleware | None = None, *, queue: str = DEFAULT_QUEUE) -> Any:
+        """``@aq.middleware``: wrap every run of ``queue`` in ``fn(ctx, call_next)``."""
+        return self._hook("middleware", fn, queue)
+
+    def on_tag_bound(self, fn: HookT | None = None, *, queue: str = DEFAULT_QUEUE) -> Any:
+        """``@aq.on_tag_bound``: run ``fn(event)`` when a worker of ``queue`` takes a tag."""
+        return self._hook("on_tag_bound", fn, queue)
+
+    def on_tag_released(self, fn: HookT | None = None, *, queue: str = DEFAULT_QUEUE) -> Any:
+        """``@aq.on_tag_released``: run ``fn(event)`` when a worker gives a tag up."""
+        return self._hook("on_tag_released", fn, queue)
+
+    def _hook(self, kind: str, fn: Any, queue: str) -> Any:
+        register = getattr(self.worker(queue), kind)
+        return register(fn) if fn is not None else register
+
+    def instrument(
+        self,
+        *,
+        metrics: Callable[[str], MetricsRecorder] | None = None,
+        tracing: Callable[[str], TraceRecorder] | None = None,
+    ) -> None:
+        """Install recorders on every queue (each factory gets the queue's name). Used by
+        ``observability.metrics.metrics_app`` and ``observability.tracing.instrument``."""
+        for name, q in self._queues.items():
+            if metrics is not None:
+                recorder = metrics(name)
+                q.service.metrics = q.worker.metrics = q.scheduler.metrics = recorder
+            if tracing is not None:
+                q.service.tracer = q.worker.tracer = tracing(name)
+
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
         if self._state is _State.STARTED:
@@ -284,6 +328,14 @@ class AffinityQueue:
             self._closing = None
         for q in self._queues.values():
             await q.worker.check_layout()  # before anything runs: a refusal leaves nothing behind
+        working = [q for q in self._queues.values() if q.settings.app_role.works]
+        try:
+            for q in working:
+                await q.worker.run_startup()
+        except BaseException:
+            for q in working:
+                await q.worker.run_shutdown()
+            raise
         self._state = _State.STARTED
         for name, q in self._queues.items():
             role = q.settings.app_role
@@ -330,6 +382,7 @@ class AffinityQueue:
                     _step(name, "scheduler", q.scheduler.stop),
                     _step(name, "workers", q.worker.stop),
                 )
+                await _step(name, "on_shutdown hooks", q.worker.run_shutdown)
 
             steps.append(("roles", stop_both))
         steps.append(("clients", q.clients.aclose))

@@ -13,6 +13,8 @@
     ├── UnknownQueueError          (also a KeyError) no queue of that name is declared
     ├── LifecycleError             start() twice, or a service used after aclose()
     ├── ConfigMismatchError        this process's worker prefixes differ from the running ones'
+    ├── HookError                  an on_startup hook raised: the workers did not start
+    ├── ProgressTooLargeError      (also a ValueError) ctx.set_progress() got too large a value
     └── ScriptError                a script answered with a code this library does not expect
         ├── LeaseLostError         this worker's lease expired; its jobs went elsewhere
         ├── NotLeaderError         this node's term ended; it must not act for the leader
@@ -160,6 +162,27 @@ class ConfigMismatchError(AffinityQueueError):
 def _prefix(key_prefix: str) -> str:
     """The setting's value from a key prefix ``<setting>:{queue}:``."""
     return key_prefix.rsplit(":{", 1)[0]
+
+
+class HookError(AffinityQueueError):
+    """An ``on_startup`` hook raised: the queue's workers did not start (the cause is chained)."""
+
+    def __init__(self, queue: str, hook: str, cause: BaseException) -> None:
+        self.queue, self.hook = queue, hook
+        super().__init__(
+            f"queue {queue!r}: the on_startup hook {hook} raised {cause!r}; no worker started"
+        )
+
+
+class ProgressTooLargeError(AffinityQueueError, ValueError):
+    """``ctx.set_progress()`` got a value whose JSON is over the limit (nothing was written)."""
+
+    def __init__(self, job_id: str, size: int, limit: int) -> None:
+        self.job_id, self.size, self.limit = job_id, size, limit
+        super().__init__(
+            f"job {job_id}: the progress value is {size} bytes of JSON; at most {limit} are "
+            "allowed (store large data elsewhere and report a reference)"
+        )
 
 
 class ScriptError(AffinityQueueError):

@@ -62,6 +62,7 @@ QUEUE_KEYS: tuple[tuple[str, str, str], ...] = (
     ("K_GHOSTS", "ghosts", "set: ids cancelled deep in a long tag list, skipped when reached"),
     ("K_DONE", "done", "Pub/Sub channel: ids of finished jobs somebody waits for"),
     ("K_REQ", "req:", "per request token: the reply of a call that must not apply twice"),
+    ("K_TRACE", "trace:", "per request token: the trace context of the call that added jobs"),
 )
 _SUFFIX = {lua: suffix for lua, suffix, _ in QUEUE_KEYS}
 WAKE_SUFFIX = "wake:"
@@ -177,6 +178,17 @@ class QueueKeys:
         return self._key("K_EPOCH")
 
     @property
+    def ready_bound(self) -> str:
+        return self._key("K_READY_BOUND")
+
+    @property
+    def ready_new(self) -> str:
+        return self._key("K_READY_NEW")
+
+    def trace(self, token: str) -> str:
+        return self._key("K_TRACE") + token
+
+    @property
     def failed(self) -> str:
         return self._key("K_FAILED")
 
@@ -190,14 +202,6 @@ class QueueKeys:
 
     def bound(self, tid: str) -> str:
         return self.bound_prefix + tid
-
-    @property
-    def ready_bound(self) -> str:
-        return self._key("K_READY_BOUND")
-
-    @property
-    def ready_new(self) -> str:
-        return self._key("K_READY_NEW")
 
     @property
     def completed(self) -> str:

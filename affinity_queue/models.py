@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
@@ -124,6 +125,8 @@ class Job(_Model):
     result: JsonValue = None
     error: JobError | None = None
     history: list[JobError] = []
+    progress: JsonValue = None
+    """The last value the handler gave ``ctx.set_progress()`` (None if it gave none)."""
 
     @property
     def task(self) -> Task:
@@ -147,6 +150,7 @@ class Job(_Model):
             result=json.loads(h["result"]) if "result" in h else None,
             error=JobError.model_validate_json(h["error"]) if "error" in h else None,
             history=[JobError.model_validate(e) for e in json.loads(h.get("history") or "[]")],
+            progress=json.loads(h["progress"]) if "progress" in h else None,
         )
 
 
@@ -262,6 +266,34 @@ class JobContext:
     queue: str
     cancelled: bool = False
     """Set (within about one HEARTBEAT_INTERVAL) when ``cancel()`` was called for this job."""
+    state: dict[str, Any] = field(default_factory=dict)
+    """What the queue's ``on_startup`` hooks returned (merged): a database pool, a client."""
+    tag_state: dict[str, Any] = field(default_factory=dict)
+    """Lives while this worker holds the tag (the tasks of one batch share it) and is dropped
+    when it releases the tag: a tenant's session, cache or open file."""
+    _progress: Callable[[Any], Awaitable[None]] | None = field(default=None, repr=False)
+
+    async def set_progress(self, value: Any) -> None:
+        """Store ``value`` (a number or small JSON) on the job, for ``get_job()``: at most one
+        Redis write per call, and calls closer than PROGRESS_INTERVAL_S apart are coalesced (the
+        last value is written when the interval ends). Raises ``ProgressTooLargeError`` past
+        MAX_PROGRESS_BYTES of JSON, ``TypeError``/``ValueError`` for a value that is not JSON."""
+        if self._progress is not None:
+            await self._progress(value)
+
+
+@dataclass(frozen=True, slots=True)
+class TagEvent:
+    """What ``on_tag_bound`` and ``on_tag_released`` hooks receive."""
+
+    queue: str
+    identify_tag: str
+    worker_id: str
+    tag_state: dict[str, Any]
+    """The binding's ``ctx.tag_state``: fill it on bind (a warmed cache), flush it on release."""
+    reason: str = ""
+    """Why the tag was released: batch_full, drained, retry_hold (a strict retry holds the tag),
+    lease_expired, released_on_stop or worker_error; '' on bind."""
 
 
 def _ms_to_datetime(ms: Any) -> datetime | None:

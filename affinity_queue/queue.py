@@ -6,11 +6,12 @@ import asyncio
 import json
 import math
 import re
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import JsonValue, ValidationError
 from redis.asyncio import Redis
@@ -43,6 +44,9 @@ from .models import (
 )
 from .notify import Waiters
 from .settings import MAX_ATTEMPTS_LIMIT, QueueSettings
+
+if TYPE_CHECKING:
+    from .observability import MetricsRecorder, TraceRecorder
 
 TaskLike = Task | Mapping[str, Any]
 T = TypeVar("T")
@@ -80,6 +84,8 @@ class QueueService:
         self.settings = settings
         self._keys = settings.keys
         self._bind(redis, scripts)
+        self.metrics: MetricsRecorder | None = None
+        self.tracer: TraceRecorder | None = None
 
     def _bind(self, redis: Redis, scripts: Scripts) -> None:
         """Use these clients from now on: a start after ``aclose()`` brings fresh ones."""
@@ -152,10 +158,29 @@ class QueueService:
     async def _add(self, tasks: Iterable[TaskLike], options: AddOptions) -> list[Job]:
         self._check_open()
         validated = [self._validate(t, i) for i, t in enumerate(tasks)]
+        if self.tracer is None:
+            return await self._add_chunks(validated, options, None)
+        async with self.tracer.producing(len(validated)) as span:
+            carrier = dumps(span.carrier) if span.carrier else None
+            jobs = await self._add_chunks(validated, options, carrier)
+            span.added([job.id for job in jobs])
+            return jobs
+
+    async def _add_chunks(
+        self, validated: list[tuple[Task, str]], options: AddOptions, carrier: str | None
+    ) -> list[Job]:
         jobs: list[Job] = []
         for chunk in _chunks(validated):
             entries = [(t.type, t.identify_tag, tag_id(t.identify_tag), p) for t, p in chunk]
-            added = await self._guard(partial(self._scripts.add, new_token(), entries, options))
+            token = new_token()
+            if carrier is not None:
+                # Before the add, under the token its jobs' ids carry: a worker that starts one
+                # at once finds it. It lives as long as a dead letter could, plus any delay.
+                ttl_ms = self.settings.failed_ttl_ms + options.delay_ms
+                await self._guard(
+                    partial(self._redis.set, self._keys.trace(token), carrier, px=ttl_ms)
+                )
+            added = await self._guard(partial(self._scripts.add, token, entries, options))
             while added.deduplicated:
                 existing = await self.get_job(added.ids[0])
                 if existing is not None:
@@ -184,6 +209,9 @@ class QueueService:
                 )
                 for job_id, (t, _) in zip(added.ids, chunk, strict=True)
             )
+            if self.metrics is not None and not added.deduplicated:
+                for type_, n in Counter(t.type for t, _ in chunk).items():
+                    self.metrics.enqueued(type_, n)
         return jobs
 
     def _options(

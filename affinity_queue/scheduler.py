@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from functools import partial
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from .aio import cancel_and_wait, supervise
 from .errors import ConfigMismatchError, NotLeaderError
@@ -27,6 +27,9 @@ from .retry import RedisTrouble
 from .runtime import QueueRuntime
 from .settings import QueueSettings
 from .worker import WAIT_CAP_S
+
+if TYPE_CHECKING:
+    from .observability import MetricsRecorder
 
 log = logging.getLogger("affinity_queue.scheduler")
 T = TypeVar("T")
@@ -48,6 +51,7 @@ class Scheduler(QueueRuntime):
         self._valid_until = 0.0  # monotonic deadline of the current term
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        self.metrics: MetricsRecorder | None = None
 
     @property
     def is_leader(self) -> bool:
@@ -114,11 +118,26 @@ class Scheduler(QueueRuntime):
                 continue
             self._fence = fence
             self._valid_until = asked_at + s.election_lock_ttl_ms / 1000 * LEASE_SAFETY
-            log.info("queue %s: node %s leads (fence %d)", self.name, self.node_id, fence)
+            log.info(
+                "queue %s: node %s leads (fence %d)",
+                self.name,
+                self.node_id,
+                fence,
+                extra={"queue": self.name},
+            )
+            if self.metrics is not None:
+                self.metrics.term_began()
             try:
                 await self._lead()
             except NotLeaderError:
-                log.warning("queue %s: node %s lost the leadership", self.name, self.node_id)
+                if self.metrics is not None:
+                    self.metrics.fenced()
+                log.warning(
+                    "queue %s: node %s lost the leadership",
+                    self.name,
+                    self.node_id,
+                    extra={"queue": self.name},
+                )
             except Exception:
                 # Resign so a standby takes over at once; the supervisor logs and restarts us.
                 with suppress(Exception):
@@ -186,12 +205,15 @@ class Scheduler(QueueRuntime):
         keyspace scan). Returns whether expired workers are left for the next round."""
         reap = partial(self._scripts.reap, self._fence, REAP_BUDGET)
         workers, jobs, more = await self._leader_call(reap, "reap")
+        if workers and self.metrics is not None:
+            self.metrics.recovered(workers)
         if workers or jobs:
             log.warning(
                 "queue %s: recovered %d dead worker(s), %d job(s) back to their tags",
                 self.name,
                 workers,
                 jobs,
+                extra={"queue": self.name},
             )
         return more
 

@@ -12,30 +12,40 @@ import random
 import secrets
 import socket
 import threading
+import time
 import traceback
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .aio import cancel_and_wait, supervise
 from .errors import (
     ConfigMismatchError,
     DataLostError,
+    HookError,
     JobNotActiveError,
     LeaseLostError,
     PermanentFailure,
+    ProgressTooLargeError,
     Retry,
 )
 from .lua import RawJob
-from .models import JobContext
+from .models import JobContext, TagEvent
 from .queue import dumps
 from .retry import RedisTrouble
 from .runtime import QueueRuntime
 
+if TYPE_CHECKING:
+    from .observability import MetricsRecorder, TraceRecorder
+
 log = logging.getLogger("affinity_queue.worker")
 
 HandlerT = TypeVar("HandlerT", bound=Callable[..., Any])
+HookT = TypeVar("HookT", bound=Callable[..., Any])
+Middleware = Callable[[JobContext, Callable[[], Awaitable[Any]]], Awaitable[Any]]
+"""``async def mw(ctx, call_next)``: code before and after ``await call_next()`` runs around the
+handler; it sees the result, or the error as it propagates; raising fails the job."""
 
 WAIT_CAP_S = 5.0
 """Longest single blocking wait: the client's socket timeout must exceed it."""
@@ -43,6 +53,61 @@ HAND_BACK_BUDGET = 500
 """Jobs one retire or deregister call hands back; a longer queue takes more calls."""
 HANDLER_STOP_S = 1.0
 """How long stop() waits, after the grace period, for cancelled async handlers to end."""
+MAX_PROGRESS_BYTES = 4096
+"""Largest ``ctx.set_progress()`` value, as JSON bytes: progress is a number or a small object."""
+PROGRESS_INTERVAL_S = 0.5
+"""Shortest time between two progress writes of one job; faster calls are coalesced."""
+
+
+async def _call_hook(hook: Callable[..., Any], *args: Any) -> Any:
+    result = hook(*args)
+    return await result if inspect.isawaitable(result) else result
+
+
+@dataclass(slots=True)
+class _Binding:
+    """This worker's hold on a tag, as its loop sees it: from the first job of the tag it takes
+    to the ``advance`` that releases it."""
+
+    tag: str
+    state: dict[str, Any] = field(default_factory=dict)
+    jobs: int = 0
+
+
+@dataclass(eq=False, slots=True)
+class _Progress:
+    """``ctx.set_progress`` of one run: one script call per write, at most one write per
+    PROGRESS_INTERVAL_S (a faster call leaves its value for a write at the interval's end)."""
+
+    service: WorkerService
+    worker_id: str
+    job_id: str
+    last: float = -PROGRESS_INTERVAL_S
+    pending: str | None = None
+    timer: asyncio.TimerHandle | None = None
+
+    async def __call__(self, value: Any) -> None:
+        data = dumps(value)
+        if (size := len(data.encode())) > MAX_PROGRESS_BYTES:
+            raise ProgressTooLargeError(self.job_id, size, MAX_PROGRESS_BYTES)
+        loop = asyncio.get_running_loop()
+        if loop.time() - self.last >= PROGRESS_INTERVAL_S:
+            self.pending = None
+            await self._write(data)
+            return
+        self.pending = data
+        if self.timer is None:
+            self.timer = loop.call_at(self.last + PROGRESS_INTERVAL_S, self._flush)
+
+    async def _write(self, data: str) -> None:
+        self.last = asyncio.get_running_loop().time()
+        await self.service._scripts.progress(self.worker_id, self.job_id, data)
+
+    def _flush(self) -> None:
+        self.timer = None
+        if self.pending is not None:
+            data, self.pending = self.pending, None
+            self.service._spawn(self._write(data), f"progress of job {self.job_id}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,11 +153,13 @@ def _error_json(
 @dataclass(frozen=True, slots=True)
 class _Run:
     """A handler run of one worker: ``done`` resolves when the handler's code has returned
-    (not when we stop waiting for it), so the worker and its tag are held until then."""
+    (not when we stop waiting for it), so the worker and its tag are held until then;
+    ``cancel`` interrupts what can be interrupted (async code)."""
 
     ctx: JobContext
     type: str
     done: asyncio.Future[Any]
+    cancel: Callable[[], Any]
 
 
 def _in_thread(fn: Callable[[], Any], name: str) -> asyncio.Future[Any]:
@@ -128,6 +195,31 @@ def _in_thread(fn: Callable[[], Any], name: str) -> asyncio.Future[Any]:
     return future
 
 
+def _when_all_returned(task: asyncio.Task[Any], threads: list[asyncio.Future[Any]]) -> Any:
+    """A future with ``task``'s outcome that resolves once ``task`` and every thread it started
+    have ended: cancelling the task (a timeout) leaves a sync handler's thread running."""
+    out: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def settle(_: object) -> None:
+        if running := [f for f in threads if not f.done()]:
+            running[0].add_done_callback(settle)
+            return
+        if out.done():
+            return
+        if task.cancelled():
+            out.cancel()
+        elif (error := task.exception()) is not None:
+            out.set_exception(error)
+        else:
+            out.set_result(task.result())
+        for f in threads:  # retrieved: their outcome is the task's
+            if not f.cancelled():
+                f.exception()
+
+    task.add_done_callback(settle)
+    return out
+
+
 _NOTHING = _Outcome("", "")
 """For an ``advance`` that finishes nothing and only takes the next job."""
 
@@ -151,6 +243,19 @@ class WorkerService(QueueRuntime):
         self._epoch = ""
         self._running: dict[str, _Run] = {}  # by worker id: handlers whose code still runs
         self._lost: set[str] = set()  # worker ids whose lease the heartbeat found gone
+        self._bindings: dict[int, _Binding] = {}  # by slot: the tag it holds
+        self._startup: list[Callable[[], Any]] = []
+        self._shutdown: list[Callable[[], Any]] = []
+        self._started_up = False
+        self._middleware: list[Middleware] = []
+        self._on_bound: list[Callable[[TagEvent], Any]] = []
+        self._on_released: list[Callable[[TagEvent], Any]] = []
+        self._background: set[asyncio.Task[Any]] = set()
+        self.state: dict[str, Any] = {}
+        """What the ``on_startup`` hooks returned, merged; every handler sees it as
+        ``ctx.state``."""
+        self.metrics: MetricsRecorder | None = None
+        self.tracer: TraceRecorder | None = None
 
     # -- handlers ---------------------------------------------------------------------------
     def register_handler(
@@ -178,6 +283,78 @@ class WorkerService(QueueRuntime):
             return fn
 
         return decorate
+
+    # -- hooks ------------------------------------------------------------------------------
+    def on_startup(self, fn: HookT) -> HookT:
+        """Run ``fn()`` (sync or async) when the workers start, before they take a job; a
+        mapping it returns is merged into ``ctx.state``. Raising stops the start
+        (:class:`HookError`)."""
+        self._startup.append(fn)
+        return fn
+
+    def on_shutdown(self, fn: HookT) -> HookT:
+        """Run ``fn()`` after the workers stopped (in reverse order of registration); an error
+        is logged and the other hooks still run."""
+        self._shutdown.append(fn)
+        return fn
+
+    def middleware(self, fn: Middleware) -> Middleware:
+        """Wrap every run in ``fn(ctx, call_next)``; the first registered is the outermost."""
+        self._middleware.append(fn)
+        return fn
+
+    def on_tag_bound(self, fn: HookT) -> HookT:
+        """Run ``fn(event: TagEvent)`` when a worker takes a tag, before its first job of the
+        tag (warm ``event.tag_state`` here). Raising fails that job; the next job of the tag
+        calls the hook again."""
+        self._on_bound.append(fn)
+        return fn
+
+    def on_tag_released(self, fn: HookT) -> HookT:
+        """Run ``fn(event: TagEvent)`` when a worker gives a tag up (``event.reason`` says why),
+        before its ``tag_state`` is dropped. An error is logged."""
+        self._on_released.append(fn)
+        return fn
+
+    async def run_startup(self) -> None:
+        """The ``on_startup`` hooks, once per start; the first that raises stops the start
+        (:class:`HookError`), and no ``on_shutdown`` hook runs (as for a failed lifespan)."""
+        if self._started_up:
+            return
+        self.state.clear()
+        for hook in self._startup:
+            try:
+                result = await _call_hook(hook)
+            except Exception as e:
+                raise HookError(self.name, getattr(hook, "__qualname__", repr(hook)), e) from e
+            if isinstance(result, Mapping):
+                self.state.update(result)
+        self._started_up = True
+
+    async def run_shutdown(self) -> None:
+        if self._started_up:
+            self._started_up = False
+            await self._run_shutdown(self._shutdown)
+
+    async def _run_shutdown(self, hooks: list[Callable[[], Any]]) -> None:
+        for hook in reversed(hooks):
+            try:
+                await _call_hook(hook)
+            except Exception:
+                log.exception("queue %s: the on_shutdown hook %r raised", self.name, hook)
+
+    def _spawn(self, coro: Awaitable[Any], what: str) -> None:
+        """Run ``coro`` in the background; a failure is logged, never raised."""
+
+        async def guarded() -> None:
+            try:
+                await coro
+            except Exception as e:
+                log.warning("queue %s: %s failed: %r", self.name, what, e)
+
+        task = asyncio.ensure_future(guarded())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     @property
     def handler_types(self) -> list[str]:
@@ -260,6 +437,8 @@ class WorkerService(QueueRuntime):
         stuck = {wid for wid, run in self._running.items() if not run.done.done()}
         done = [wid for wid in self._ids(busy) if wid not in stuck]
         await self._each("deregister", self._deregister, done)
+        for slot in list(self._bindings):
+            await self._release(slot, self._worker_ids.get(slot, ""), "released_on_stop")
         self._worker_ids.clear()
         self._busy.clear()
         self._slots, self._heartbeat = {}, None
@@ -311,11 +490,18 @@ class WorkerService(QueueRuntime):
                 await self._work(slot, wid)
                 return
             except LeaseLostError:
-                log.warning("worker %s lost its lease; re-registering under a new id", wid)
+                log.warning(
+                    "queue %s: worker %s lost its lease; re-registering under a new id",
+                    self.name,
+                    wid,
+                    extra={"queue": self.name, "worker_id": wid},
+                )
+                await self._release(slot, wid, "lease_expired")
             except Exception:
                 # A bug must not leave a registered worker that heartbeats but never works.
                 with contextlib.suppress(Exception):
                     await self._deregister(wid)
+                await self._release(slot, wid, "worker_error")
                 raise
             finally:
                 if not self._stopping:
@@ -343,6 +529,7 @@ class WorkerService(QueueRuntime):
     async def _work(self, slot: int, wid: str) -> None:
         """Run jobs until stopping. Finishing one and taking the next is one ``advance`` call."""
         job = await self._advance(wid, None, _NOTHING)
+        refused = await self._track(slot, wid, job, _NOTHING)
         wake_key = self._keys.worker_wake(wid)
         wait_s = min(self.settings.heartbeat_interval_ms / 1000, WAIT_CAP_S)
         while True:
@@ -359,13 +546,75 @@ class WorkerService(QueueRuntime):
                     raise LeaseLostError(wid)
                 if woken:  # bound by the scheduler (or nudged by the heartbeat)
                     job = await self._advance(wid, None, _NOTHING)
+                    refused = await self._track(slot, wid, job, _NOTHING)
                 continue
             self._busy.add(slot)
             try:
-                outcome = await self._execute(wid, job)
+                began = time.perf_counter()
+                binding = self._bindings.get(slot)
+                tag_state = binding.state if binding else {}
+                outcome = await self._execute(wid, job, tag_state, refused)
+                if self.metrics is not None:
+                    self.metrics.finished(job.type, outcome.kind, time.perf_counter() - began)
                 job = await self._advance(wid, job, outcome)
+                refused = await self._track(slot, wid, job, outcome)
             finally:
                 self._busy.discard(slot)
+
+    async def _track(
+        self, slot: int, wid: str, job: RawJob | None, last: _Outcome
+    ) -> Exception | None:
+        """Follow this worker's binding from what ``advance`` gave it: no job (it was not
+        stopping) means the script released the tag; a job of another tag means a new binding.
+        Returns the error of an ``on_tag_bound`` hook, which fails the job."""
+        binding = self._bindings.get(slot)
+        if binding is not None and (job is None or job.identify_tag != binding.tag):
+            if job is None and self._stopping:
+                return None  # nothing was released: stop() hands back and releases
+            if last.kind == "retry" and self.settings.retry_order.value == "strict":
+                reason = "retry_hold"
+            elif binding.jobs >= self.settings.max_batch_size:
+                reason = "batch_full"
+            else:
+                reason = "drained"
+            await self._release(slot, wid, reason)
+            binding = None
+        if job is None:
+            return None
+        if self.metrics is not None:
+            self.metrics.started(self._scripts, job.id, job.type)
+        if binding is None:
+            binding = _Binding(job.identify_tag)
+            event = TagEvent(self.name, job.identify_tag, wid, binding.state)
+            for hook in self._on_bound:
+                try:
+                    await _call_hook(hook, event)
+                except Exception as e:
+                    return e  # not bound as far as the hooks go: the next job tries again
+            self._bindings[slot] = binding
+        binding.jobs += 1
+        return None
+
+    async def _release(self, slot: int, wid: str, reason: str) -> None:
+        binding = self._bindings.pop(slot, None)
+        if binding is None:
+            return
+        if self.metrics is not None:
+            self.metrics.handover(reason)
+        event = TagEvent(self.name, binding.tag, wid, binding.state, reason)
+        for hook in self._on_released:
+            try:
+                await _call_hook(hook, event)
+            except Exception:
+                log.exception(
+                    "queue %s: the on_tag_released hook %r raised (tag %r, worker %s, %s)",
+                    self.name,
+                    hook,
+                    binding.tag,
+                    wid,
+                    reason,
+                    extra={"queue": self.name, "tag": binding.tag, "worker_id": wid},
+                )
 
     async def _advance(self, wid: str, done: RawJob | None, outcome: _Outcome) -> RawJob | None:
         finished = done.id if done else ""
@@ -387,7 +636,22 @@ class WorkerService(QueueRuntime):
 
         return await self._net.retry(call, what=f"worker {wid}: advance")
 
-    async def _execute(self, wid: str, job: RawJob) -> _Outcome:
+    def _job_extra(self, job: RawJob, wid: str = "") -> dict[str, Any]:
+        """The structured fields of a job's log lines (``extra``)."""
+        return {
+            "queue": self.name,
+            "job_id": job.id,
+            "job_type": job.type,
+            "tag": job.identify_tag,
+            "worker_id": wid,
+            "attempt": job.attempts,
+        }
+
+    async def _execute(
+        self, wid: str, job: RawJob, tag_state: dict[str, Any], refused: Exception | None
+    ) -> _Outcome:
+        if refused is not None:
+            return self._failure(job, refused, wid)
         handler = self._handlers.get(job.type)
         if handler is None:
             message = (
@@ -395,7 +659,7 @@ class WorkerService(QueueRuntime):
                 f"registered: {', '.join(self.handler_types) or 'none'}"
             )
             error = _error_json(job.attempts, None, type_="UnknownTaskType", message=message)
-            return self._failed(job, error, f"UnknownTaskType: {message}")
+            return self._failed(job, error, f"UnknownTaskType: {message}", wid=wid)
         ctx = JobContext(
             job_id=job.id,
             identify_tag=job.identify_tag,
@@ -403,6 +667,9 @@ class WorkerService(QueueRuntime):
             attempt=job.attempts,
             max_attempts=job.max_attempts,
             queue=self.name,
+            state=self.state,
+            tag_state=tag_state,
+            _progress=_Progress(self, wid, job.id),
         )
         args: tuple[Any, ...] = (json.loads(job.payload),)
         if handler.wants_context:
@@ -412,12 +679,8 @@ class WorkerService(QueueRuntime):
             if job.timeout_ms
             else handler.timeout_s or (self.settings.task_timeout_ms / 1000 or None)
         )
-        name = f"aq-handler-{self.name}-{job.id}"
-        if handler.is_async:
-            done: asyncio.Future[Any] = asyncio.create_task(handler.fn(*args), name=name)
-        else:
-            done = _in_thread(partial(handler.fn, *args), name)
-        run = self._running[wid] = _Run(ctx, job.type, done)
+        done, cancel = self._start_run(handler, args, ctx, job)
+        run = self._running[wid] = _Run(ctx, job.type, done, cancel)
 
         def ended(_: asyncio.Future[Any]) -> None:
             if self._running.get(wid) is run:
@@ -428,25 +691,25 @@ class WorkerService(QueueRuntime):
             finished, _ = await asyncio.wait([done], timeout=timeout_s)
             if not finished:
                 self._overran(job, ctx, timeout_s)
-                if handler.is_async:
-                    done.cancel()
+                cancel()
                 await asyncio.wait([done])  # exclusivity is judged in real time
         except asyncio.CancelledError:  # stop() past the grace period
-            if handler.is_async:
-                done.cancel()
+            cancel()
             raise
         if not finished:
             if not done.cancelled():
                 done.exception()  # retrieved: a late result or error is ignored
             return self._failure(
-                job, TimeoutError(f"the handler of {job.type!r} ran past {timeout_s} s")
+                job, TimeoutError(f"the handler of {job.type!r} ran past {timeout_s} s"), wid
             )
         try:
             result = done.result()
         except asyncio.CancelledError:  # the handler cancelled itself
-            return self._failure(job, RuntimeError(f"the handler of {job.type!r} was cancelled"))
+            return self._failure(
+                job, RuntimeError(f"the handler of {job.type!r} was cancelled"), wid
+            )
         except Exception as exc:  # a handler's failure is the job's outcome, not the worker's
-            return self._failure(job, exc)
+            return self._failure(job, exc, wid)
         try:
             return _Outcome("completed", dumps(result))
         except (TypeError, ValueError) as exc:
@@ -455,7 +718,45 @@ class WorkerService(QueueRuntime):
                 f"JSON-serialisable: {exc}"
             )
             error = _error_json(job.attempts, None, type_=type(exc).__name__, message=message)
-            return self._failed(job, error, f"{type(exc).__name__}: {message}")
+            return self._failed(job, error, f"{type(exc).__name__}: {message}", wid=wid)
+
+    def _start_run(
+        self, handler: _Handler, args: tuple[Any, ...], ctx: JobContext, job: RawJob
+    ) -> tuple[asyncio.Future[Any], Callable[[], Any]]:
+        """Start the handler (inside the middleware and the consumer span, when there are
+        any); returns the future of its real end and what interrupts it."""
+        name = f"aq-handler-{self.name}-{job.id}"
+        if not self._middleware and self.tracer is None:
+            if handler.is_async:
+                task = asyncio.create_task(handler.fn(*args), name=name)
+                return task, task.cancel
+            return _in_thread(partial(handler.fn, *args), name), lambda: None
+        threads: list[asyncio.Future[Any]] = []
+
+        async def innermost() -> Any:
+            if handler.is_async:
+                return await handler.fn(*args)
+            threads.append(_in_thread(partial(handler.fn, *args), name))
+            return await asyncio.shield(threads[-1])  # a timeout cannot stop the thread
+
+        call: Callable[[], Awaitable[Any]] = innermost
+        for mw in reversed(self._middleware):
+            call = partial(mw, ctx, call)
+        if (tracer := self.tracer) is not None:
+            inner = call
+
+            async def traced() -> Any:
+                async with tracer.consuming(ctx, job.type, partial(self._carrier, job.id)):
+                    return await inner()
+
+            call = traced
+        task = asyncio.create_task(call(), name=name)  # type: ignore[arg-type]
+        return _when_all_returned(task, threads), task.cancel
+
+    async def _carrier(self, job_id: str) -> dict[str, str]:
+        """The trace context stored by the call that added the job (one per request token)."""
+        raw = await self._redis.get(self._keys.trace(job_id.partition("-")[2]))
+        return dict(json.loads(raw)) if raw else {}
 
     def _overran(self, job: RawJob, ctx: JobContext, timeout_s: float | None) -> None:
         ctx.cancelled = True
@@ -467,15 +768,16 @@ class WorkerService(QueueRuntime):
             job.type,
             job.identify_tag,
             timeout_s,
+            extra=self._job_extra(job, ctx.worker_id),
         )
 
-    def _failure(self, job: RawJob, exc: Exception) -> _Outcome:
+    def _failure(self, job: RawJob, exc: Exception, wid: str = "") -> _Outcome:
         """A failed run: retried while attempts are left (after the handler's requested delay,
         or an exponential backoff with full jitter), else failed for good."""
         error = _error_json(job.attempts, exc)
         reason = f"{type(exc).__name__}: {exc}"
         if job.attempts >= job.max_attempts or isinstance(exc, PermanentFailure):
-            return self._failed(job, error, reason, exc)
+            return self._failed(job, error, reason, exc, wid)
         if isinstance(exc, Retry) and exc.delay_s is not None:
             delay_ms = max(0, round(exc.delay_s * 1000))
         else:
@@ -493,11 +795,17 @@ class WorkerService(QueueRuntime):
             job.max_attempts,
             reason,
             delay_ms,
+            extra=self._job_extra(job, wid),
         )
         return _Outcome("retry", error, delay_ms)
 
     def _failed(
-        self, job: RawJob, error: str, reason: str, exc: BaseException | None = None
+        self,
+        job: RawJob,
+        error: str,
+        reason: str,
+        exc: BaseException | None = None,
+        wid: str = "",
     ) -> _Outcome:
         """Failed for good: logged at ERROR, with the traceback (only here, not per retry)."""
         log.error(
@@ -510,6 +818,7 @@ class WorkerService(QueueRuntime):
             job.max_attempts,
             reason,
             exc_info=exc,
+            extra=self._job_extra(job, wid),
         )
         return _Outcome("failed", error)
 

@@ -46,6 +46,7 @@ from affinity_queue import (
     Task,
     get_queue,
 )
+from affinity_queue.observability.metrics import metrics_app
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)-8s %(name)s: %(message)s")
 log = logging.getLogger("example_app")
@@ -104,6 +105,9 @@ app = FastAPI(
     description="The nestjs-affinity-queue example app, in FastAPI.",
     lifespan=aq.lifespan,
 )
+
+# Prometheus scrapes GET /metrics: this process's counters and the queues' gauges.
+app.mount("/metrics", metrics_app(aq))
 
 HighPriorityQueue = Annotated[QueueService, Depends(get_queue(HIGH_PRIORITY, aq))]
 

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from .. import __version__
 from ..core import AffinityQueue, _redacted
 from ..errors import QueueUnavailableError
+from ..observability import logs
 from ..settings import QueueSettings, Role
 from . import ops
 from .ops import UsageError
@@ -85,13 +86,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="log level of the affinity_queue loggers and the root logger (default: info)",
     )
 
-    commands.add_parser(
+    worker = commands.add_parser(
         "worker",
         parents=[common],
         help="run the scheduler and/or workers that APP_ROLE asks for, until SIGTERM",
         description=WORKER_DESCRIPTION,
         epilog=WORKER_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    worker.add_argument(
+        "--log-format",
+        default=os.environ.get("LOG_FORMAT", "text").lower(),
+        choices=["text", "json"],
+        help="text lines, or one JSON object per line with the job's fields (default: "
+        "LOG_FORMAT, else text)",
+    )
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on this port (the 'metrics' extra)",
     )
     stats = commands.add_parser(
         "stats",
@@ -141,10 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command != "worker":
         return _operate(args)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)-8s %(name)s: %(message)s",
-    )
+    logs.configure(args.log_format, args.log_level)
     try:
         aq = load_target(args.target, args.app_dir)
     except UsageError as e:
@@ -160,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"affinity-queue: error: importing {args.target} raised:", file=sys.stderr)
         traceback.print_exc()
         return EXIT_ERROR
-    return asyncio.run(_run_worker(aq, args.target))
+    return asyncio.run(_run_worker(aq, args.target, args.metrics_port))
 
 
 def _operate(args: argparse.Namespace) -> int:
@@ -218,7 +229,7 @@ async def _describe(aq: AffinityQueue) -> None:
             )
 
 
-async def _run_worker(aq: AffinityQueue, target: str) -> int:
+async def _run_worker(aq: AffinityQueue, target: str, metrics_port: int | None = None) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
@@ -238,11 +249,19 @@ async def _run_worker(aq: AffinityQueue, target: str) -> int:
         f"{__version__} running {target} (pid {os.getpid()}), "
         f"role {', '.join(r.value for r in roles)}"
     )
+    metrics: asyncio.Server | None = None
+    if metrics_port is not None:
+        from ..observability.metrics import metrics_app, serve
+
+        metrics = await serve(metrics_app(aq), metrics_port)
+        _say(f"metrics on http://0.0.0.0:{metrics_port}/metrics")
     try:
         async with aq:
             await _describe(aq)
             await stop.wait()
     finally:
+        if metrics is not None:
+            metrics.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     _say("stopped")

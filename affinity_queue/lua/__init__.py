@@ -39,7 +39,9 @@ SCRIPT_NAMES = (
     "dispatch",
     "elect",
     "heartbeat",
+    "job_times",
     "pause",
+    "progress",
     "reap",
     "register",
     "renew",
@@ -245,6 +247,19 @@ class Scripts:
 
     async def pause(self, token: str, on: bool, tid: str = "") -> None:
         await self._call("pause", token, int(on), tid)
+
+    async def job_times(self, job_ids: list[str]) -> list[tuple[int, int, int]]:
+        """(created, due, started) in ms of Redis time per job, 0 where unknown."""
+        flat = await self._call("job_times", *job_ids)
+        return [
+            (int(flat[i] or 0), int(flat[i + 1] or 0), int(flat[i + 2] or 0))
+            for i in range(0, len(flat), 3)
+        ]
+
+    async def progress(self, worker_id: str, job_id: str, value_json: str) -> bool:
+        """Store a running job's progress; False when it is no longer this worker's active
+        job (nothing written)."""
+        return bool(await self._call("progress", worker_id, job_id, value_json))
 
     async def requeue_failed(self, token: str, job_id: str) -> bool:
         return bool(await self._call("requeue_failed", token, job_id))

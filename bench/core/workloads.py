@@ -91,7 +91,13 @@ async def add_bulk(url: str, cfg: Config) -> float:
 
 
 async def drain(
-    url: str, admin: Redis, cfg: Config, inner: frozenset[str], *, profile: bool = False
+    url: str,
+    admin: Redis,
+    cfg: Config,
+    inner: frozenset[str],
+    *,
+    profile: bool = False,
+    instrument: Callable[[AffinityQueue], object] | None = None,
 ) -> dict[str, Any]:
     """``cfg.tasks`` tasks queued first; then the workers start. Timed from ``start()`` until
     Redis counts every job completed; the server's counters are read over the same window.
@@ -101,6 +107,8 @@ async def drain(
     """
     s = settings(url)
     aq = AffinityQueue(s)
+    if instrument is not None:  # metrics or tracing on (bench.core.observability)
+        instrument(aq)
     n = cfg.tasks
     done = asyncio.Event()
     seen = 0
