@@ -156,6 +156,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     if args.command == "stats":
         return asyncio.run(_stats(aq))
+    if all(aq.settings(n).app_role is Role.PRODUCER for n in aq.names):
+        print(
+            f"affinity-queue: error: {args.target} runs APP_ROLE=PRODUCER, which runs no "
+            "scheduler and no workers; set APP_ROLE=WORKER, SCHEDULER or BOTH for this command",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     return asyncio.run(_run_worker(aq, args.target))
 
 
