@@ -5,6 +5,7 @@ from .errors import (
     AffinityQueueError,
     ConfigMismatchError,
     DataLostError,
+    InvalidScheduleError,
     InvalidTaskError,
     JobFailedError,
     JobNotActiveError,
@@ -15,6 +16,7 @@ from .errors import (
     PermanentFailure,
     QueueUnavailableError,
     Retry,
+    RoleError,
     ScriptError,
     TagBacklogFullError,
     UnknownJobError,
@@ -37,10 +39,12 @@ from .models import (
     JobError,
     JobStatus,
     LeaderInfo,
+    PeriodicInfo,
     QueueStats,
     Task,
     WorkerState,
 )
+from .periodic import Missed, Schedule
 from .queue import QueueService
 from .scheduler import Scheduler
 from .settings import QueueSettings, RetryOrder, Role, TagConcurrency
@@ -55,6 +59,7 @@ __all__ = [
     "CancelOutcome",
     "ConfigMismatchError",
     "DataLostError",
+    "InvalidScheduleError",
     "InvalidTaskError",
     "Job",
     "JobContext",
@@ -65,8 +70,10 @@ __all__ = [
     "LeaderInfo",
     "LeaseLostError",
     "LifecycleError",
+    "Missed",
     "NotLeaderError",
     "PayloadTooLargeError",
+    "PeriodicInfo",
     "PermanentFailure",
     "QueueService",
     "QueueServiceDep",
@@ -76,6 +83,8 @@ __all__ = [
     "Retry",
     "RetryOrder",
     "Role",
+    "RoleError",
+    "Schedule",
     "Scheduler",
     "ScriptError",
     "TagBacklogFullError",

@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -219,6 +220,8 @@ class Periodic:
         now = _now_ms()
         budget = TICKS_PER_STEP
         for s in self._schedules.values():
+            if (skip_to := self._skipped(s, now)) is not None:
+                await call(partial(self._record, redis, s, skip_to, None), "periodic record")
             for tick in self._due(s, now):
                 if budget == 0:
                     return 0.0
@@ -228,24 +231,26 @@ class Periodic:
         # Under 2 ms counts as now: a blocking wait of under 1 ms would be one without end.
         return wait_ms / 1000 if wait_ms >= 2 else 0.0
 
+    def _skipped(self, s: Schedule, now: int) -> int | None:
+        """With ``missed="skip"``, the newest missed tick, to be recorded without a task."""
+        late = now - s.grace_ms  # ticks before this were missed
+        if s.missed is not Missed.SKIP or s.after(self._last[s.name]) >= late:
+            return None
+        newest_missed = s.at_or_before(late - 1)
+        log.warning(
+            "queue %s: periodic task %r skips its missed ticks up to %s (missed=skip)",
+            self.queue,
+            s.name,
+            _iso(newest_missed),
+        )
+        return newest_missed
+
     def _due(self, s: Schedule, now: int) -> list[int]:
         """The ticks to enqueue, oldest first: the newest missed one (``missed="once"``), then
-        every on-time one. A skipped tick is recorded here, without a task."""
+        every on-time one."""
         last = self._last[s.name]
-        late = now - s.grace_ms  # ticks before this were missed
-        due: list[int] = []
-        if s.after(last) < late:
-            newest_missed = s.at_or_before(late - 1)
-            if s.missed is Missed.ONCE:
-                due.append(newest_missed)
-            else:
-                log.warning(
-                    "queue %s: periodic task %r skips its ticks up to %s (missed=skip)",
-                    self.queue,
-                    s.name,
-                    _iso(newest_missed),
-                )
-                self._last[s.name] = last = newest_missed  # recorded with the next enqueue
+        late = now - s.grace_ms
+        due = [s.at_or_before(late - 1)] if s.after(last) < late else []
         t = s.after(max(last, late - 1))
         while t <= now and len(due) < TICKS_PER_STEP:
             due.append(t)

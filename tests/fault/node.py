@@ -12,7 +12,8 @@ handler type ``work`` and keeps two append-only files outside Redis:
 The handler sleeps ``payload["sleep_s"]`` (default ``TASK_SLEEP_S``). SIGTERM/SIGINT trigger a
 graceful ``aclose()``. ``PERIODIC_EVERY_S`` declares a periodic ``work`` task of tag ``periodic``
 (name ``work@periodic``); ``PERIODIC_DIE_AFTER_ADDS=n`` makes the node SIGKILL itself, as leader,
-right after its n-th periodic add and before the tick is recorded. A real deployment uses the ``affinity-queue`` command instead.
+right after its n-th periodic add and before the tick is recorded. A real deployment uses the
+``affinity-queue`` command instead.
 """
 
 from __future__ import annotations
