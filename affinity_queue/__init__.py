@@ -31,6 +31,7 @@ from .fastapi import (
     get_queue_service,
     get_worker,
     get_worker_service,
+    install_exception_handlers,
 )
 from .models import (
     CancelOutcome,
@@ -101,4 +102,5 @@ __all__ = [
     "get_queue_service",
     "get_worker",
     "get_worker_service",
+    "install_exception_handlers",
 ]
