@@ -66,7 +66,7 @@ async def test_each_error_gets_its_status_and_the_one_body_shape(
     assert response.headers.get("retry-after") == retry_after
     if status == 503:  # the cause and Redis's address go to the log only
         assert "10.0.0.7" not in response.text
-        written = "the task may have" if context["maybeWritten"] else "nothing was"
+        written = "the task may have been" if context["maybeWritten"] else "nothing was"
         assert body["message"] == f"the queue is unavailable; {written} written"
     else:
         assert body["message"] == str(RAISED[what])
