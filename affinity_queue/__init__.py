@@ -51,7 +51,7 @@ from .scheduler import Scheduler
 from .settings import QueueSettings, RetryOrder, Role, TagConcurrency
 from .worker import WorkerService
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AffinityQueue",
