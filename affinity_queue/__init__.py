@@ -6,6 +6,7 @@ from .errors import (
     ConfigMismatchError,
     DataLostError,
     HookError,
+    InvalidScheduleError,
     InvalidTaskError,
     JobFailedError,
     JobNotActiveError,
@@ -17,6 +18,7 @@ from .errors import (
     ProgressTooLargeError,
     QueueUnavailableError,
     Retry,
+    RoleError,
     ScriptError,
     TagBacklogFullError,
     UnknownJobError,
@@ -31,6 +33,7 @@ from .fastapi import (
     get_queue_service,
     get_worker,
     get_worker_service,
+    install_exception_handlers,
 )
 from .models import (
     CancelOutcome,
@@ -39,17 +42,19 @@ from .models import (
     JobError,
     JobStatus,
     LeaderInfo,
+    PeriodicInfo,
     QueueStats,
     TagEvent,
     Task,
     WorkerState,
 )
+from .periodic import Missed, Schedule
 from .queue import QueueService
 from .scheduler import Scheduler
 from .settings import QueueSettings, RetryOrder, Role, TagConcurrency
 from .worker import WorkerService
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AffinityQueue",
@@ -59,6 +64,7 @@ __all__ = [
     "ConfigMismatchError",
     "DataLostError",
     "HookError",
+    "InvalidScheduleError",
     "InvalidTaskError",
     "Job",
     "JobContext",
@@ -69,8 +75,10 @@ __all__ = [
     "LeaderInfo",
     "LeaseLostError",
     "LifecycleError",
+    "Missed",
     "NotLeaderError",
     "PayloadTooLargeError",
+    "PeriodicInfo",
     "PermanentFailure",
     "ProgressTooLargeError",
     "QueueService",
@@ -81,6 +89,8 @@ __all__ = [
     "Retry",
     "RetryOrder",
     "Role",
+    "RoleError",
+    "Schedule",
     "Scheduler",
     "ScriptError",
     "TagBacklogFullError",
@@ -98,4 +108,5 @@ __all__ = [
     "get_queue_service",
     "get_worker",
     "get_worker_service",
+    "install_exception_handlers",
 ]

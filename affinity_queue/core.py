@@ -25,13 +25,16 @@ try:
 except ImportError:  # older redis-py has no such notifications and always checks
     MaintNotificationsConfig = None  # type: ignore[assignment,misc]
 
-from .errors import LifecycleError, UnknownQueueError
+from pydantic import JsonValue
+
+from .errors import LifecycleError, RoleError, UnknownQueueError
 from .lua import Scripts
 from .observability import MetricsRecorder, TraceRecorder
+from .periodic import Missed, Schedule, check_task, schedule
 from .queue import QueueService
 from .retry import Connectivity
 from .scheduler import Scheduler
-from .settings import QueueSettings
+from .settings import QueueSettings, Role
 from .worker import WAIT_CAP_S, Middleware, WorkerService
 
 log = logging.getLogger("affinity_queue")
@@ -262,7 +265,11 @@ class AffinityQueue:
         return self._get(name).service
 
     def worker(self, name: str = DEFAULT_QUEUE) -> WorkerService:
-        return self._get(name).worker
+        """The queue's worker side; :class:`RoleError` where APP_ROLE=PRODUCER (no workers)."""
+        q = self._get(name)
+        if q.settings.app_role is Role.PRODUCER:
+            raise RoleError(name, q.settings.app_role.value, "workers")
+        return q.worker
 
     def scheduler(self, name: str = DEFAULT_QUEUE) -> Scheduler:
         return self._get(name).scheduler
@@ -273,8 +280,89 @@ class AffinityQueue:
     def handler(
         self, type: str, *, queue: str = DEFAULT_QUEUE, timeout_s: float | None = None
     ) -> Callable[[HandlerT], HandlerT]:
-        """Register the decorated function as the handler of ``type`` on ``queue``."""
-        return self.worker(queue).handler(type, timeout_s=timeout_s)
+        """Register the decorated function as the handler of ``type`` on ``queue``.
+
+        Any role may declare handlers (an API and its workers import the same module); only the
+        processes whose APP_ROLE runs workers run them."""
+        return self._get(queue).worker.handler(type, timeout_s=timeout_s)
+
+    def periodic(
+        self,
+        cron: str | None = None,
+        *,
+        type: str,
+        identify_tag: str,
+        payload: JsonValue = None,
+        every_s: float | None = None,
+        tz: str = "UTC",
+        name: str | None = None,
+        missed: Missed | str = Missed.ONCE,
+        misfire_grace_s: float | None = None,
+        queue: str = DEFAULT_QUEUE,
+        timeout_s: float | None = None,
+    ) -> Callable[[HandlerT], HandlerT]:
+        """Declare a periodic task and register the decorated function as its handler::
+
+            @aq.periodic("*/5 * * * *", type="sync-crm", identify_tag="crm", payload={...})
+            async def sync_crm(payload: dict) -> None: ...
+
+        The arguments are those of :meth:`add_periodic`; ``timeout_s`` is the handler's.
+        """
+        self.add_periodic(
+            cron,
+            type=type,
+            identify_tag=identify_tag,
+            payload=payload,
+            every_s=every_s,
+            tz=tz,
+            name=name,
+            missed=missed,
+            misfire_grace_s=misfire_grace_s,
+            queue=queue,
+        )
+        return self.handler(type, queue=queue, timeout_s=timeout_s)
+
+    def add_periodic(
+        self,
+        cron: str | None = None,
+        *,
+        type: str,
+        identify_tag: str,
+        payload: JsonValue = None,
+        every_s: float | None = None,
+        tz: str = "UTC",
+        name: str | None = None,
+        missed: Missed | str = Missed.ONCE,
+        misfire_grace_s: float | None = None,
+        queue: str = DEFAULT_QUEUE,
+    ) -> Schedule:
+        """Have the queue's leader add ``Task(type, identify_tag, payload)`` once per tick.
+
+        ``cron``: 5 fields, or 6 with seconds first, in the time zone ``tz``; or ``every_s``
+        seconds (ticks at whole multiples of it since the epoch). ``name`` (default
+        ``"<type>@<identify_tag>"``) identifies the schedule across restarts. ``missed``: what
+        happens to ticks older than ``misfire_grace_s`` (default: twice ELECTION_LOCK_TTL +
+        HEARTBEAT_INTERVAL, so a failover never misses one): ``"once"`` runs the newest once,
+        ``"skip"`` drops them. Declare the same schedules in every process that may lead.
+        Raises :class:`InvalidScheduleError` naming the schedule and the problem.
+        """
+        q = self._get(queue)
+        name = name if name is not None else f"{type}@{identify_tag}"
+        task = {"type": type, "identifyTag": identify_tag, "payload": payload}
+        valid, payload_json = check_task(name, q.service._validate, task)
+        declared = schedule(
+            name,
+            valid,
+            payload_json,
+            q.settings,
+            cron=cron,
+            every_s=every_s,
+            tz=tz,
+            missed=missed,
+            misfire_grace_s=misfire_grace_s,
+        )
+        q.scheduler.periodic.declare(declared)
+        return declared
 
     # -- hooks and instruments --------------------------------------------------------------
     def on_startup(self, fn: HookT | None = None, *, queue: str = DEFAULT_QUEUE) -> Any:

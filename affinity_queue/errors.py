@@ -12,6 +12,8 @@
     │                              or refused the password (`authentication_failed`)
     ├── UnknownQueueError          (also a KeyError) no queue of that name is declared
     ├── LifecycleError             start() twice, or a service used after aclose()
+    ├── RoleError                  asked for workers of a queue whose APP_ROLE runs none
+    ├── InvalidScheduleError       (also a ValueError) a periodic task declared wrongly
     ├── ConfigMismatchError        this process's worker prefixes differ from the running ones'
     ├── HookError                  an on_startup hook raised: the workers did not start
     ├── ProgressTooLargeError      (also a ValueError) ctx.set_progress() got too large a value
@@ -137,6 +139,29 @@ class UnknownQueueError(AffinityQueueError, KeyError):
 
 class LifecycleError(AffinityQueueError):
     """A service was used outside its started lifetime."""
+
+
+class RoleError(AffinityQueueError):
+    """This process's APP_ROLE for the queue does not run what was asked for (a worker service
+    in a PRODUCER process, for example)."""
+
+    def __init__(self, queue: str, role: str, wanted: str) -> None:
+        super().__init__(
+            f"queue {queue!r} runs APP_ROLE={role} in this process, which has no {wanted}; "
+            "set APP_ROLE=WORKER or BOTH where workers should run"
+        )
+        self.queue = queue
+        self.role = role
+
+
+class InvalidScheduleError(AffinityQueueError, ValueError):
+    """A periodic task could not be declared: its cron expression, time zone, interval or task
+    is invalid. Raised at declaration; the message names the schedule and the problem."""
+
+    def __init__(self, schedule: str, problem: str) -> None:
+        super().__init__(f"periodic task {schedule!r}: {problem}")
+        self.schedule = schedule
+        self.problem = problem
 
 
 class ConfigMismatchError(AffinityQueueError):

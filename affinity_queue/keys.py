@@ -193,6 +193,17 @@ class QueueKeys:
         return self._key("K_FAILED")
 
     @property
+    def periodic_ticks(self) -> str:
+        """zset: periodic schedule name -> the newest tick enqueued (ms); only grows (ZADD GT).
+        Not a script key: only the leader's periodic step (periodic.py) touches it."""
+        return self.queue_prefix + "periodic:ticks"
+
+    @property
+    def periodic_info(self) -> str:
+        """hash: periodic schedule name -> JSON of its spec, next and last run, last job id."""
+        return self.queue_prefix + "periodic:info"
+
+    @property
     def done_channel(self) -> str:
         return self._key("K_DONE")
 

@@ -201,6 +201,33 @@ class LeaderInfo(_Model):
         )
 
 
+class PeriodicInfo(_Model):
+    """A periodic task as the leader last recorded it (see ``AffinityQueue.periodic``)."""
+
+    name: str
+    type: str
+    identify_tag: str
+    schedule: str
+    """The cron expression and time zone, or ``every <n> s``."""
+    next_run_at: datetime | None
+    last_run_at: datetime | None
+    """The tick (its scheduled time) of the newest task enqueued."""
+    last_job_id: str | None
+
+    @classmethod
+    def from_redis(cls, name: str, text: str) -> PeriodicInfo:
+        h = json.loads(text)
+        return cls(
+            name=name,
+            type=h["type"],
+            identify_tag=h["tag"],
+            schedule=h["schedule"],
+            next_run_at=_ms_to_datetime(h.get("next")),
+            last_run_at=_ms_to_datetime(h.get("last")),
+            last_job_id=h.get("job"),
+        )
+
+
 class QueueStats(_Model):
     queue: str
     pending: int
@@ -214,6 +241,8 @@ class QueueStats(_Model):
     cancelled: int
     workers: list[WorkerState]
     leader: LeaderInfo | None
+    periodic: list[PeriodicInfo] = []
+    """The queue's periodic tasks, as its leader last recorded them, by name."""
 
 
 class TagInfo(_Model):

@@ -37,6 +37,7 @@ from .models import (
     Job,
     JobStatus,
     LeaderInfo,
+    PeriodicInfo,
     QueueStats,
     TagInfo,
     Task,
@@ -648,6 +649,7 @@ class QueueService:
                 pipe.hgetall(keys.counts)
                 pipe.zrange(keys.workers, 0, -1)
                 pipe.hgetall(keys.leader)
+                pipe.hgetall(keys.periodic_info)
                 return await pipe.execute()
 
         async def per_worker_state() -> list[Any]:
@@ -657,7 +659,7 @@ class QueueService:
                     pipe.llen(keys.worker_queue(wid))
                 return await pipe.execute()
 
-        counts, worker_ids, leader = await self._guard(overview)
+        counts, worker_ids, leader, periodic = await self._guard(overview)
         per_worker = await self._guard(per_worker_state) if worker_ids else []
         workers = [
             WorkerState.from_redis(wid, per_worker[2 * i], per_worker[2 * i + 1])
@@ -667,6 +669,7 @@ class QueueService:
             queue=self.name,
             workers=workers,
             leader=LeaderInfo.from_redis(leader),
+            periodic=[PeriodicInfo.from_redis(n, periodic[n]) for n in sorted(periodic)],
             **{s: max(0, int(counts.get(s, 0))) for s in JobStatus},
         )
 

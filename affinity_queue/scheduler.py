@@ -23,6 +23,7 @@ from .aio import cancel_and_wait, supervise
 from .errors import ConfigMismatchError, NotLeaderError
 from .keys import tag_id
 from .lua import TermConfig
+from .periodic import Periodic
 from .retry import RedisTrouble
 from .runtime import QueueRuntime
 from .settings import QueueSettings
@@ -52,6 +53,7 @@ class Scheduler(QueueRuntime):
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self.metrics: MetricsRecorder | None = None
+        self.periodic = Periodic(self.name, self.settings)
 
     @property
     def is_leader(self) -> bool:
@@ -190,14 +192,20 @@ class Scheduler(QueueRuntime):
             if now >= next_reap:
                 more_dead = await self._reap()
                 next_reap = now if more_dead else now + reap_every_s
+            tick_in_s = await self._periodic()
             _, more, next_due_ms = await self._leader_call(
                 lambda: self._scripts.dispatch(self._fence, DISPATCH_BUDGET), "dispatch"
             )
-            if more or next_due_ms == 0:
+            if more or next_due_ms == 0 or tick_in_s == 0:
                 continue
             wait_s = interval_s if next_due_ms < 0 else min(interval_s, next_due_ms / 1000)
+            wait_s = min(wait_s, tick_in_s)
             wait = partial(self._blocking.blpop, [self._keys.wake], timeout=wait_s)
             await self._leader_call(wait, "wait")
+
+    async def _periodic(self) -> float:
+        """Enqueue the periodic tasks that are due (periodic.py); the seconds until the next."""
+        return await self.periodic.step(self._fence, self._redis, self._scripts, self._leader_call)
 
     async def _reap(self) -> bool:
         """Hand back the jobs of workers whose lease expired, found through the lease index

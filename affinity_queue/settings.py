@@ -42,17 +42,22 @@ REDIS_SCHEMES = ("redis", "rediss", "unix", "memory")
 
 
 class Role(StrEnum):
+    """What a process runs for a queue. Every role can add tasks and read jobs and stats;
+    ``PRODUCER`` does only that (an API replica that must not run tasks or lead)."""
+
     SCHEDULER = "SCHEDULER"
     WORKER = "WORKER"
     BOTH = "BOTH"
+    PRODUCER = "PRODUCER"
 
     @property
     def schedules(self) -> bool:
-        return self is not Role.WORKER
+        """Takes part in the election; the leader dispatches, reaps and runs periodic tasks."""
+        return self in (Role.SCHEDULER, Role.BOTH)
 
     @property
     def works(self) -> bool:
-        return self is not Role.SCHEDULER
+        return self in (Role.WORKER, Role.BOTH)
 
 
 class RetryOrder(StrEnum):

@@ -24,28 +24,24 @@ import secrets
 import time
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
-from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI, HTTPException, Query, status
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
 from affinity_queue import (
     AffinityQueue,
-    InvalidTaskError,
     Job,
     JobContext,
     QueueService,
     QueueServiceDep,
     QueueSettings,
     QueueStats,
-    QueueUnavailableError,
-    TagBacklogFullError,
     Task,
+    UnknownJobError,
     get_queue,
 )
+from affinity_queue.fastapi import ERROR_RESPONSES, install_exception_handlers
 from affinity_queue.observability.metrics import metrics_app
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)-8s %(name)s: %(message)s")
@@ -128,64 +124,16 @@ class BatchAccepted(_CamelModel):
     job_ids: list[str]
 
 
-class ErrorBody(BaseModel):
-    message: str
+install_exception_handlers(app)  # 422, 429, 503, 404 in one body shape; see the README
 
-
-@app.exception_handler(QueueUnavailableError)
-async def queue_unavailable(request: Request, exc: QueueUnavailableError) -> JSONResponse:
-    # The details (the queue, Redis's address, the cause) go to the log, not to the client.
-    log.warning("%s %s: %s", request.method, request.url.path, exc)
-    outcome = "the task may have been written" if exc.maybe_written else "nothing was written"
-    return JSONResponse(
-        {"message": f"the queue is unavailable; {outcome}", "maybeWritten": exc.maybe_written},
-        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-        headers={"Retry-After": "1"},
-    )
-
-
-@app.exception_handler(TagBacklogFullError)
-async def tag_backlog_full(request: Request, exc: TagBacklogFullError) -> JSONResponse:
-    return JSONResponse(
-        {"message": str(exc), "identifyTag": exc.identify_tag, "limit": exc.limit},
-        status_code=status.HTTP_429_TOO_MANY_REQUESTS,
-        headers={"Retry-After": "1"},
-    )
-
-
-@app.exception_handler(InvalidTaskError)
-async def invalid_task(request: Request, exc: InvalidTaskError) -> JSONResponse:
-    return JSONResponse(
-        {"message": str(exc), "field": exc.field},
-        status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
-    )
-
-
-@app.exception_handler(RequestValidationError)
-async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """FastAPI's usual ``detail`` list, plus one readable line for people and logs."""
-    errors = exc.errors()
-    message = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:5]) + (
-        "; ..." if len(errors) > 5 else ""
-    )
-    return JSONResponse(
-        {"message": message, "detail": jsonable_encoder(errors)},
-        status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
-    )
-
-
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    422: {"description": "The request or its task is invalid"},
-    503: {"model": ErrorBody, "description": "Redis is unavailable; retry later"},
-}
-_ADD_ERRORS: dict[int | str, dict[str, Any]] = {
-    429: {"model": ErrorBody, "description": "The tag's backlog is full (MAX_PENDING_PER_TAG)"},
-    **_ERRORS,
-}
-_BODY_ERRORS: dict[int | str, dict[str, Any]] = {
+Responses = dict[int | str, dict[str, Any]]
+_ERRORS: Responses = {503: ERROR_RESPONSES[503], 422: ERROR_RESPONSES[422]}
+_ADD_ERRORS: Responses = {429: ERROR_RESPONSES[429], **_ERRORS}
+_BODY_ERRORS: Responses = {
     400: {"description": "The body is not UTF-8 (FastAPI answers 400 before validation)"},
     **_ADD_ERRORS,
 }
+_JOB_ERRORS: Responses = {404: ERROR_RESPONSES[404], **_ERRORS}
 
 
 @app.post("/tasks", status_code=status.HTTP_202_ACCEPTED, responses=_BODY_ERRORS)
@@ -223,7 +171,7 @@ async def queue_stats(queue: QueueServiceDep) -> QueueStats:
     return await queue.get_queue_stats()
 
 
-@app.get("/jobs/{job_id}", responses={404: {"description": "No such job"}, **_ERRORS})
+@app.get("/jobs/{job_id}", responses=_JOB_ERRORS)
 async def get_job(job_id: str, queue: QueueServiceDep) -> Job:
     return await _job_or_404(queue, job_id)
 
@@ -240,7 +188,7 @@ async def high_priority_stats(queue: HighPriorityQueue) -> QueueStats:
     return await queue.get_queue_stats()
 
 
-@app.get("/jobs/high-priority/{job_id}", responses={404: {"description": "No such job"}, **_ERRORS})
+@app.get("/jobs/high-priority/{job_id}", responses=_JOB_ERRORS)
 async def get_high_priority_job(job_id: str, queue: HighPriorityQueue) -> Job:
     return await _job_or_404(queue, job_id)
 
@@ -248,7 +196,7 @@ async def get_high_priority_job(job_id: str, queue: HighPriorityQueue) -> Job:
 async def _job_or_404(queue: QueueService, job_id: str) -> Job:
     job = await queue.get_job(job_id)
     if job is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id!r} in queue {queue.name!r}")
+        raise UnknownJobError(job_id)  # a 404 in the shape of every other error
     return job
 
 

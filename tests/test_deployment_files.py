@@ -38,7 +38,7 @@ def test_compose_runs_redis_with_aof_one_scheduler_workers_and_the_api() -> None
     roles = {
         name: s["environment"].get("APP_ROLE") for name, s in services.items() if name != "redis"
     }
-    assert roles == {"scheduler": "SCHEDULER", "worker": "WORKER", "api": "SCHEDULER"}
+    assert roles == {"scheduler": "SCHEDULER", "worker": "WORKER", "api": "PRODUCER"}
     for name in roles:
         assert set(services[name]["environment"]) <= SETTINGS_ENV, name
         # Only what must differ per service (or points at the compose Redis) is set here.
@@ -66,6 +66,9 @@ def test_every_service_reads_the_env_file_that_env_example_documents() -> None:
         assert service.get("env_file") == [{"path": ".env", "required": False}], name
         for value in service["environment"].values():
             # ${VAR:-default} lets .env (read by Compose for interpolation too) override it.
-            assert str(value).startswith("${") or value in ("SCHEDULER", "WORKER"), (name, value)
+            assert str(value).startswith("${") or value in ("SCHEDULER", "WORKER", "PRODUCER"), (
+                name,
+                value,
+            )
     header = (REPO / ".env.example").read_text().split("\n\n", 1)[0]
     assert "cp .env.example .env" in header and "env_file" in header

@@ -178,7 +178,7 @@ async def test_unknown_job_gets_404(monkeypatch, example_env) -> None:
         for path in ("/jobs/999999", "/jobs/not-a-number", "/jobs/high-priority/1"):
             response = await http.get(path)
             assert response.status_code == 404, response.text
-            assert "no job" in response.json()["detail"]
+            assert "no job" in response.json()["message"]  # the shape of every error
 
 
 async def test_redis_down_gets_503(monkeypatch, example_env) -> None:

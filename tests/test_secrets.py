@@ -154,6 +154,7 @@ async def test_the_503_body_names_no_address(monkeypatch, make_settings) -> None
     assert response.status_code == 503
     body = response.json()
     assert body == {
+        "error": "queue_unavailable",
         "message": "the queue is unavailable; nothing was written",
         "maybeWritten": False,
     }

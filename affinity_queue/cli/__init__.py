@@ -171,6 +171,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"affinity-queue: error: importing {args.target} raised:", file=sys.stderr)
         traceback.print_exc()
         return EXIT_ERROR
+    if all(aq.settings(n).app_role is Role.PRODUCER for n in aq.names):
+        print(
+            f"affinity-queue: error: {args.target} runs APP_ROLE=PRODUCER, which runs no "
+            "scheduler and no workers; set APP_ROLE=WORKER, SCHEDULER or BOTH for this command",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     return asyncio.run(_run_worker(aq, args.target, args.metrics_port))
 
 

@@ -10,7 +10,10 @@ handler type ``work`` and keeps two append-only files outside Redis:
   then ``stopping``/``stopped``.
 
 The handler sleeps ``payload["sleep_s"]`` (default ``TASK_SLEEP_S``). SIGTERM/SIGINT trigger a
-graceful ``aclose()``. A real deployment uses the ``affinity-queue`` command instead.
+graceful ``aclose()``. ``PERIODIC_EVERY_S`` declares a periodic ``work`` task of tag ``periodic``
+(name ``work@periodic``); ``PERIODIC_DIE_AFTER_ADDS=n`` makes the node SIGKILL itself, as leader,
+right after its n-th periodic add and before the tick is recorded. A real deployment uses the
+``affinity-queue`` command instead.
 """
 
 from __future__ import annotations
@@ -47,6 +50,24 @@ async def _watch_leadership(aq: AffinityQueue, status: TextIO) -> None:
         await asyncio.sleep(0.02)
 
 
+def _die_after_adds(aq: AffinityQueue, n: int) -> None:
+    """SIGKILL this process between the n-th periodic add and the record of its tick."""
+    if not n:
+        return
+    periodic = aq.scheduler().periodic
+    record = periodic._record
+    adds = 0
+
+    async def record_or_die(*args: Any) -> None:
+        nonlocal adds
+        adds += 1
+        if adds == n:
+            os.kill(PID, signal.SIGKILL)
+        await record(*args)
+
+    periodic._record = record_or_die  # type: ignore[method-assign]
+
+
 async def main() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
@@ -69,6 +90,15 @@ async def main() -> None:
         await asyncio.sleep(float(payload.get("sleep_s", default_sleep_s)))
         _line(ledger, ev="end", **run)
         return {"pid": PID, "worker": ctx.worker_id, "attempt": ctx.attempt}
+
+    if every_s := os.environ.get("PERIODIC_EVERY_S"):
+        aq.add_periodic(
+            every_s=float(every_s),
+            type="work",
+            identify_tag="periodic",
+            payload={"uid": "periodic", "seq": 0, "sleep_s": 0.01},
+        )
+        _die_after_adds(aq, int(os.environ.get("PERIODIC_DIE_AFTER_ADDS", "0")))
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
