@@ -249,6 +249,7 @@ class ScriptCode(IntEnum):
     DATA_LOST = -4
     TAG_FULL = -5
     LAYOUT = -6
+    NEED_LIMITS = -7
 
 
 # Raised by handlers to steer retries (not errors of this library).

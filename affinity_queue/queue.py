@@ -52,8 +52,8 @@ if TYPE_CHECKING:
 TaskLike = Task | Mapping[str, Any]
 T = TypeVar("T")
 
-BULK_CHUNK = 250
-BULK_CHUNK_BYTES = 1 << 20
+BULK_CHUNK = 100
+BULK_CHUNK_BYTES = 256 << 10
 """A script call in ``add_bulk`` carries at most ``BULK_CHUNK`` tasks and, unless one task alone
 is larger, ``BULK_CHUNK_BYTES`` of payload: enough to amortise the round trip, little enough that
 one call holds Redis for a few milliseconds, not seconds."""

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("affinity_queue.scheduler")
 T = TypeVar("T")
 
-DISPATCH_BUDGET = 250
+DISPATCH_BUDGET = 100
 """Jobs placed per dispatch call: bounds how long one script holds Redis."""
 REAP_BUDGET = 200
 """Jobs handed back per reap call; more dead workers take more calls, between placements."""

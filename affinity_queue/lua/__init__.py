@@ -52,7 +52,7 @@ SCRIPT_NAMES = (
 )
 
 
-HEARTBEAT_SLICE = 100
+HEARTBEAT_SLICE = 50
 """Workers renewed per heartbeat call: keeps one call well under a millisecond or two."""
 
 
@@ -312,24 +312,13 @@ class Scripts:
         c = config
         flat = [str(x) for pair in sorted(c.limits.items()) for x in pair]
         digest = hashlib.sha1(" ".join(flat).encode()).hexdigest()
-        return int(
-            await self._call(
-                "elect",
-                token,
-                ttl_ms,
-                node,
-                host,
-                pid,
-                c.max_batch,
-                c.concurrency,
-                c.keep_completed,
-                c.completed_ttl_ms,
-                c.keep_failed,
-                c.failed_ttl_ms,
-                digest,
-                *flat,
-            )
-        )
+        term: tuple[Any, ...] = (token, ttl_ms, node, host, pid, c.max_batch, c.concurrency)
+        term += (c.keep_completed, c.completed_ttl_ms, c.keep_failed, c.failed_ttl_ms, digest)
+        # Most terms keep the last one's limits: they travel only when the script asks.
+        fence = await self._scripts["elect"](keys=self._keys, args=(*term, 0))
+        if fence == ScriptCode.NEED_LIMITS:
+            fence = await self._scripts["elect"](keys=self._keys, args=(*term, 1, *flat))
+        return int(self._check("elect", fence, ""))
 
     async def renew(self, token: str, ttl_ms: int) -> bool:
         return bool(await self._call("renew", token, ttl_ms))

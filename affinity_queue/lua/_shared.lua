@@ -35,6 +35,7 @@ local ERR_NOT_ACTIVE = -3
 local ERR_DATA_LOST = -4
 local ERR_TAG_FULL = -5
 local ERR_LAYOUT = -6
+local ERR_NEED_LIMITS = -7
 local REQUEST_TTL_MS = 120000  -- how long a request token's reply is kept for a retry
 local TRIM_SLICE = 20  -- most retention entries one finish removes (per rule: age, count)
 

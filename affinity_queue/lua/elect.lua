@@ -14,19 +14,24 @@
   ARGV[3]  node id, ARGV[4] host, ARGV[5] pid
   ARGV[6]  MAX_BATCH_SIZE, ARGV[7] default per-tag concurrency
   ARGV[8]  KEEP_COMPLETED, ARGV[9] COMPLETED_TTL (ms), ARGV[10] KEEP_FAILED, ARGV[11] FAILED_TTL
-  ARGV[12] digest of the limits that follow: they are rewritten only when it changed (10,000
-           limits take milliseconds to write)
-  ARGV[13..] pairs of (tag id, concurrency limit), any number (written in slices: Lua's unpack
+  ARGV[12] digest of the term's per-tag limits: they are rewritten only when it changed
+  ARGV[13] '1' when the limits follow, '0' when the call leaves them out (10,000 limits take
+           milliseconds to pass and to write, so a caller sends them only when asked)
+  ARGV[14..] pairs of (tag id, concurrency limit), any number (written in slices: Lua's unpack
            takes a few thousand values at most, and a script must not fail after a write)
   Returns: the new fencing number; 0 when another candidate holds the lease;
+           ERR_NEED_LIMITS (-7) when the limits changed and the call left them out (nothing
+           written: call again with them);
            {ERR_LAYOUT (-6), worker queue prefix, worker state prefix} when the queue's live
            processes use other worker prefixes (nothing written).
   Safe to repeat: a candidate that still holds the lease (a retry, or its own term lapsed by its
   clock) starts a new term with a higher fence; the earlier one is then stale.
 ]]
-if (#ARGV - 12) % 2 ~= 0 then return redis.error_reply('elect: limits must come in pairs') end
+if (#ARGV - 13) % 2 ~= 0 then return redis.error_reply('elect: limits must come in pairs') end
 local holder = rcall('HGET', K_LEADER, 'token')
 if holder and holder ~= ARGV[1] then return 0 end
+local new_limits = rcall('HGET', K_CONFIG, 'limits_digest') ~= ARGV[12]
+if new_limits and ARGV[13] ~= '1' then return ERR_NEED_LIMITS end
 local theirs = check_layout()
 if theirs then return { ERR_LAYOUT, theirs[1], theirs[2] } end
 local now = now_ms()
@@ -37,9 +42,9 @@ rcall('HSET', K_LEADER, 'token', ARGV[1], 'fence', int(fence), 'node', ARGV[3], 
 rcall('PEXPIRE', K_LEADER, ARGV[2])
 rcall('HSET', K_CONFIG, 'max_batch', ARGV[6], 'concurrency', ARGV[7], 'keep_completed', ARGV[8],
   'completed_ttl', ARGV[9], 'keep_failed', ARGV[10], 'failed_ttl', ARGV[11])
-if rcall('HGET', K_CONFIG, 'limits_digest') ~= ARGV[12] then
+if new_limits then
   rcall('DEL', K_LIMITS)
-  for i = 13, #ARGV, 1000 do
+  for i = 14, #ARGV, 1000 do
     rcall('HSET', K_LIMITS, unpack(ARGV, i, math.min(i + 999, #ARGV)))
   end
   rcall('HSET', K_CONFIG, 'limits_digest', ARGV[12])
