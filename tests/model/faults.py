@@ -42,11 +42,10 @@ SAME_AFTER_REPEAT = frozenset(
         "renew",
         "requeue_failed",
         "resign",
-        "retire",
     }
 )
 """Scripts whose second run with the same arguments must leave the keys as the first did. The
-others (dispatch, reap, deregister slices, elect's new term) are meant to do more work when
+others (dispatch, reap, retire and deregister slices, elect's new term) are meant to do more work when
 repeated: the invariants, checked after every step, judge them."""
 
 MODES = ("ok", "lost", "twice", "before", "oom", "readonly")

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from affinity_queue import LeaseLostError, NotLeaderError, QueueSettings, TagBacklogFullError
 from affinity_queue.errors import JobNotActiveError
@@ -246,6 +247,20 @@ class Harness:
                 if self.leads and not held:
                     self.fail("the leader's renew was refused")
 
+    async def op_big_config(self) -> None:
+        """A term with 10,000 per-tag limits (for tags nobody uses): the largest elect input. A
+        script that fails must have written nothing."""
+        limits = {f"ff{i:05d}": 2 for i in range(10_000)} | LIMITS
+        self.config = TermConfig(max_batch=MAX_BATCH, limits=limits)
+        before = await self.snapshot()
+        try:
+            await self.elect(self.leader_token or new_token())
+        except ResponseError as e:
+            if diff := differences(before, await self.snapshot()):
+                self.fail(f"elect failed ({e}) after writing {sorted(diff)}")
+            else:
+                self.fail(f"elect failed: {e}")
+
     async def op_stale_fence(self) -> None:
         """A deposed leader's dispatch or reap must be refused and change nothing."""
         if not self.old_fences:
@@ -273,19 +288,23 @@ class Harness:
         except NotLeaderError:
             await self.not_leader("dispatch")
             return
-        self.check_batch_rule(before, await self.read())
+        self.check_bindings(before, await self.read(), await redis_ms(self.redis))
 
-    def check_batch_rule(self, before: State, after: State) -> None:
-        """A worker that has run MAX_BATCH_SIZE jobs of a tag in a row is bound to that tag again
-        only when no other tag is placeable."""
+    def check_bindings(self, before: State, after: State, now: int) -> None:
+        """No worker whose lease has passed is bound; and a worker that has run MAX_BATCH_SIZE
+        jobs of a tag in a row is bound to that tag again only when no other tag is placeable."""
         new_tags = {m for m, _ in after.single.get("ready:new", [])}
-        for w in self.model.workers.values():
-            tid = after.ws.get(w.id, {}).get("tid")
-            if not tid or before.ws.get(w.id, {}).get("tid") == tid:
+        leases = dict(after.single.get("workers", []))
+        for wid, s in after.ws.items():
+            tid = s.get("tid")
+            if not tid or before.ws.get(wid, {}).get("tid") == tid:
                 continue  # not bound by this dispatch
-            if w.streak_tid == tid and w.streak >= MAX_BATCH and new_tags - {tid}:
+            if leases.get(wid, 0) < now:
+                self.fail(f"dispatch bound {wid} to {tid}; its lease had expired")
+            w = self.model.workers.get(wid)
+            if w and w.streak_tid == tid and w.streak >= MAX_BATCH and new_tags - {tid}:
                 self.fail(
-                    f"{w.id} ran {w.streak} of {tid} in a row and was bound to it again while "
+                    f"{wid} ran {w.streak} of {tid} in a row and was bound to it again while "
                     f"{sorted(new_tags - {tid})} could take a worker"
                 )
 
@@ -465,7 +484,7 @@ class Harness:
         ("add", 14), ("dispatch", 14), ("work", 30), ("cancel", 5), ("pause", 3),
         ("reap", 3), ("register", 4), ("retire", 2), ("deregister", 2), ("dead_letter", 3),
         ("leader", 3), ("stale_fence", 2), ("heartbeat", 3), ("crash", 2), ("expire", 3),
-        ("wait", 3), ("flood", 0),
+        ("wait", 3), ("flood", 0), ("big_config", 0),
     )  # fmt: skip
 
     async def step(self, name: str) -> None:
@@ -491,8 +510,9 @@ class Harness:
     async def run(self, steps: int, flood: bool) -> None:
         names = [n for n, _ in self.OPS]
         weights = [w for _, w in self.OPS]
-        if flood:
+        if flood:  # rare and slow: the big inputs
             weights[names.index("flood")] = 1
+            weights[names.index("big_config")] = 1
         await self.elect(new_token())
         for _ in range(2):
             await self.op_register()

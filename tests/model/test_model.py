@@ -71,7 +71,7 @@ async def test_random_operations_under_faults_keep_every_invariant(
             not SECONDS or time.monotonic() - started < SECONDS
         ):
             h = Harness(client, settings_for(server, seed), seed, FAULT_RATE)
-            await h.run(STEPS, flood=seed % 20 == 0)
+            await h.run(STEPS, flood=seed % 50 == 0)
             figures.add(h)
             seed += 1
     finally:
