@@ -98,9 +98,9 @@ class Model:
         """A job whose cancellation was requested while it ran ends cancelled when its
         interrupted run is handed back (requeue_front): learn it from Redis."""
         for job in self.jobs.values():
-            if job.state == "waiting" and job.cancel_requested:
-                if state.jobs.get(job.id, {}).get("status") == "cancelled":
-                    job.state = "cancelled"
+            status = state.jobs.get(job.id, {}).get("status")
+            if job.state == "waiting" and job.cancel_requested and status == "cancelled":
+                job.state = "cancelled"
 
     def start(self, w: MWorker, job_id: str) -> list[str]:
         """Record that ``w`` started ``job_id``; returns the rules the start breaks."""
@@ -240,14 +240,14 @@ def check(model: Model, state: State) -> list[str]:
             w = model.workers.get(rec.get("worker", ""))
             if w is not None and not w.stale:
                 broken.append(f"{job.id} is active on live {w.id}, which does not run it")
-        elif status in FINAL:
-            if not (status == "cancelled" and job.cancel_requested):
-                broken.append(f"{job.id} is {status} though nobody finished it")
+        elif status in FINAL and not (status == "cancelled" and job.cancel_requested):
+            broken.append(f"{job.id} is {status} though nobody finished it")
     for w in model.workers.values():
         s = state.ws.get(w.id)
         if not w.stale and not w.leaving and s is None:  # a repeated deregister may finish
             broken.append(f"live worker {w.id} has no state in Redis")
-        if not w.stale and s is not None and s.get("active", "") != (w.active.id if w.active else ""):
+        running = w.active.id if w.active else ""
+        if not w.stale and s is not None and s.get("active", "") != running:
             broken.append(f"{w.id} runs {w.active and w.active.id}, Redis: {s.get('active')}")
 
     # Counters equal what the lists hold (ghosts still sit in tag lists until dispatch drops them).
@@ -267,7 +267,9 @@ def check(model: Model, state: State) -> list[str]:
 
     # Exclusivity in Redis: no tag bound to, or active on, more workers than its limit.
     active_per_tag: Counter[str] = Counter(
-        state.jobs.get(s["active"], {}).get("tid", "?") for s in state.ws.values() if s.get("active")
+        state.jobs.get(s["active"], {}).get("tid", "?")
+        for s in state.ws.values()
+        if s.get("active")
     )
     for tid, n in active_per_tag.items():
         if n > model.limit(tid):
@@ -302,7 +304,7 @@ def ready_sets(model: Model, state: State, bound: dict[str, dict[str, float]]) -
             broken.append(f"tag {tid} has no work but keeps a turn")
         for name, zset in (("ready:bound", ready_bound), ("ready:new", ready_new)):
             if name == into:
-                rank = max(order_of(ids[0]), int(turns.get(tid, 0)))
+                rank = max(order_of(ids[0]), float(turns.get(tid, 0)))
                 if zset.get(tid) != rank:
                     broken.append(f"tag {tid} should be in {name} at {rank}: {zset.get(tid)}")
             elif tid in zset:
@@ -321,11 +323,7 @@ def left_behind(state: State) -> list[str]:
     """Keys a drained queue (no job waiting, no worker, no leader) should not have."""
     out = [f"worker key {k}" for k in (*state.wq, *state.ws)]
     out += [f"tag list {t}" for t in state.tags]
-    out += [
-        f"{{q}}:{k}"
-        for k in state.single
-        if not k.startswith(KEPT_FAMILIES) and k not in KEPT
-    ]
+    out += [f"{{q}}:{k}" for k in state.single if not k.startswith(KEPT_FAMILIES) and k not in KEPT]
     counts = state.single.get("counts", {})
     out += [f"counts {c} = {counts[c]}" for c in ("pending", "delayed", "assigned", "active")
             if int(counts.get(c, 0))]  # fmt: skip

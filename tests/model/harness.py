@@ -12,6 +12,7 @@ behind. The seed of an example reproduces it exactly, up to Redis's clock.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections import Counter
@@ -125,7 +126,9 @@ class Harness:
         for start in range(0, len(entries), 1000):
             chunk = [("t", t, tag_id(t), p) for t, p in entries[start : start + 1000]]
             try:
-                added = await self.call("add", lambda c=chunk: self.scripts.add(token, c, options))  # type: ignore[misc]
+                added = await self.call(
+                    "add", lambda c=chunk, t=token: self.scripts.add(t, c, options)
+                )
             except (*Failure, TagBacklogFullError):
                 return
             if added.deduplicated:
@@ -180,12 +183,10 @@ class Harness:
 
     async def op_pause(self) -> None:
         on = self.rng.random() < 0.5
-        tid = self.rng.choice(("",) + tuple(tag_id(t) for t in TAGS))
+        tid = self.rng.choice(("", *(tag_id(t) for t in TAGS)))
         token = new_token()
-        try:
+        with contextlib.suppress(Failure):
             await self.call("pause", lambda: self.scripts.pause(token, on, tid))
-        except Failure:
-            pass
 
     async def op_dead_letter(self) -> None:
         failed = [j for j in self.model.jobs.values() if j.state == "failed"]
@@ -324,6 +325,7 @@ class Harness:
         if self.leads and leader.get("fence") == str(self.fence):
             self.fail(f"{script} refused the fence of the leader's current term")
         await self.elect(self.leader_token or new_token())
+
     # ----- workers -------------------------------------------------------------------------
 
     async def op_register(self) -> None:
@@ -590,4 +592,3 @@ class Harness:
         await self.complete(w)
         while not await self.deregister(w, 1000):
             pass
-
