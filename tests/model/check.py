@@ -40,11 +40,13 @@ async def snapshot(redis: aioredis.Redis, settings: QueueSettings) -> dict[str, 
                     pipe.zrange(key, 0, -1, withscores=True)
                 case "set":
                     pipe.smembers(key)
-                case _:
+                case _:  # "none": it expired since the SCAN
                     pipe.type(key)
         values = await pipe.execute()
     out: dict[str, Any] = {}
     for key, kind, value in zip(keys, kinds, values, strict=True):
+        if kind == "none" or value is None:
+            continue
         if kind == "set":
             value = sorted(value)
         elif kind == "zset":
@@ -238,7 +240,7 @@ def check(model: Model, state: State) -> list[str]:
                 broken.append(f"{job.id} runs on {job.worker} but Redis says {status} {rec}")
         elif status == "active":
             w = model.workers.get(rec.get("worker", ""))
-            if w is not None and not w.stale:
+            if w is not None and not w.stale and not w.leaving:
                 broken.append(f"{job.id} is active on live {w.id}, which does not run it")
         elif status in FINAL and not (status == "cancelled" and job.cancel_requested):
             broken.append(f"{job.id} is {status} though nobody finished it")
@@ -247,7 +249,7 @@ def check(model: Model, state: State) -> list[str]:
         if not w.stale and not w.leaving and s is None:  # a repeated deregister may finish
             broken.append(f"live worker {w.id} has no state in Redis")
         running = w.active.id if w.active else ""
-        if not w.stale and s is not None and s.get("active", "") != running:
+        if not w.stale and not w.leaving and s is not None and s.get("active", "") != running:
             broken.append(f"{w.id} runs {w.active and w.active.id}, Redis: {s.get('active')}")
 
     # Counters equal what the lists hold (ghosts still sit in tag lists until dispatch drops them).

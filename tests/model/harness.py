@@ -181,6 +181,17 @@ class Harness:
                 if job.state != "deleted":
                     self.fail(f"cancel says {job.id} is unknown; it is {job.state}")
 
+    async def op_watch(self) -> None:
+        job = self.pick_job()
+        job_id = job.id if job else "1-0000000000000000"
+        try:
+            status = await self.call("watch", lambda: self.scripts.watch(job_id, 1000))
+        except Failure:
+            return
+        known = "" if job is None or job.state == "deleted" else job.state
+        if status is not None and status != known and not (job and job.cancel_requested):
+            self.fail(f"watch says {job_id} is {status!r}; it is {known!r}")
+
     async def op_pause(self) -> None:
         on = self.rng.random() < 0.5
         tid = self.rng.choice(("", *(tag_id(t) for t in TAGS)))
@@ -350,7 +361,7 @@ class Harness:
         return self.model.jobs[self.rng.choice(list(self.model.jobs))]
 
     def lease_lost(self, w: MWorker, script: str) -> None:
-        if not w.stale:
+        if not w.stale and not w.leaving:
             self.fail(f"{script} said the live worker {w.id} lost its lease")
         self.model.interrupt(w)
         del self.model.workers[w.id]  # its process registers a new worker
@@ -422,7 +433,8 @@ class Harness:
             await self.deregister(w, self.rng.randint(1, 3))
 
     async def deregister(self, w: MWorker, budget: int) -> bool:
-        w.leaving = True
+        w.leaving = True  # it runs nothing more: its active job, if any, goes back
+        self.model.interrupt(w)
         try:
             _, gone = await self.call("deregister", lambda: self.scripts.deregister(w.id, budget))
         except Failure:
@@ -447,8 +459,8 @@ class Harness:
             )
         except Failure:
             return
-        for w in ws:
-            if w.stale != (w.id in lost):
+        for w in ws:  # a leaving worker may be gone already (a repeated deregister finished)
+            if w.stale != (w.id in lost) and not (w.leaving and w.id in lost):
                 self.fail(f"heartbeat: {w.id} stale={w.stale} but lost={w.id in lost}")
             if w.id in lost:
                 self.lease_lost(w, "heartbeat")
@@ -486,7 +498,7 @@ class Harness:
         ("add", 14), ("dispatch", 14), ("work", 30), ("cancel", 5), ("pause", 3),
         ("reap", 3), ("register", 4), ("retire", 2), ("deregister", 2), ("dead_letter", 3),
         ("leader", 3), ("stale_fence", 2), ("heartbeat", 3), ("crash", 2), ("expire", 3),
-        ("wait", 3), ("flood", 0), ("big_config", 0),
+        ("wait", 3), ("watch", 2), ("flood", 0), ("big_config", 0),
     )  # fmt: skip
 
     async def step(self, name: str) -> None:
