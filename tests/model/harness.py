@@ -29,6 +29,7 @@ from affinity_queue.keys import tag_id
 from affinity_queue.lua import AddOptions, RawJob, Scripts, TermConfig, new_token
 
 from ..engine import redis_ms
+from ..support import queue_keys
 from .check import FINAL, MJob, Model, MWorker, State, check, left_behind, parse, snapshot
 from .faults import Failure, Faults, differences
 
@@ -138,6 +139,8 @@ class Harness:
             if len(added.ids) != len(chunk):
                 self.fail(f"add of {len(chunk)} answered {len(added.ids)} ids")
             for job_id, entry in zip(added.ids, chunk, strict=False):
+                if job_id in self.model.jobs:
+                    self.fail(f"add answered {job_id}, the id of an earlier job")
                 self.model.jobs[job_id] = MJob(job_id, entry[2], added.due_ms)
             token = new_token()  # the next chunk is another call
         if options.max_pending_per_tag:
@@ -488,6 +491,18 @@ class Harness:
             w.stale = True
             self.model.interrupt(w)
 
+    async def op_data_loss(self) -> None:
+        """Redis restarts without its data (no AOF): every key of the queue is gone; processes
+        learn it from the epoch (heartbeat's DATA_LOST) and register again."""
+        if keys := await queue_keys(self.redis, self.settings):
+            await self.redis.delete(*keys)
+        for job in self.model.jobs.values():
+            job.state = "deleted"
+        self.model.workers.clear()
+        self.dead.clear()
+        self.leads = False
+        self.epoch = "epoch-" + new_token()
+
     async def op_wait(self) -> None:
         """Real time passes, so delays and retry holds come due (Redis's clock decides)."""
         await asyncio.sleep(self.rng.choice((0.005, 0.02, 0.04)))
@@ -498,7 +513,7 @@ class Harness:
         ("add", 14), ("dispatch", 14), ("work", 30), ("cancel", 5), ("pause", 3),
         ("reap", 3), ("register", 4), ("retire", 2), ("deregister", 2), ("dead_letter", 3),
         ("leader", 3), ("stale_fence", 2), ("heartbeat", 3), ("crash", 2), ("expire", 3),
-        ("wait", 3), ("watch", 2), ("flood", 0), ("big_config", 0),
+        ("wait", 3), ("watch", 2), ("data_loss", 1), ("flood", 0), ("big_config", 0),
     )  # fmt: skip
 
     async def step(self, name: str) -> None:
