@@ -283,6 +283,16 @@ def check(model: Model, state: State) -> list[str]:
         if len(members) > model.limit(tid):
             broken.append(f"tag {tid} bound to {len(members)} workers")
 
+    for tid, members in bound.items():
+        for w in members:
+            s = state.ws.get(w, {})
+            if s.get("status") != "running" or s.get("tid") != tid:
+                broken.append(f"{w} is bound to {tid} but its state is {s}")
+    for w in _zset(state, "idle"):
+        s = state.ws.get(w, {})
+        if s.get("status") != "idle" or state.wq.get(w):
+            broken.append(f"{w} is idle but its state is {s}, its queue {state.wq.get(w)}")
+
     broken += ready_sets(model, state, bound)
     return broken
 

@@ -7,6 +7,7 @@ Per call it picks one of:
 - ``twice``: the call reaches Redis twice (a retry racing a slow reply); the caller sees the first
   reply. For scripts whose repetition must change nothing, the queue's keys after the second run
   must equal those after the first (item 2 of the fault-harness issue);
+- ``late``: like ``lost``, but the leader dispatches before the retry arrives;
 - ``before``: the connection fails before the call reaches Redis (nothing happens);
 - ``oom``: a window of calls that Redis answers with OOM (real: ``maxmemory 1`` with
   ``noeviction``, set around each call of the window); a refused call must have written nothing;
@@ -50,7 +51,7 @@ SAME_AFTER_REPEAT = frozenset(
 others (dispatch, reap, retire and deregister slices, elect's new term) are meant to do more
 work when repeated: the invariants, checked after every step, judge them."""
 
-MODES = ("ok", "lost", "twice", "before", "oom", "readonly")
+MODES = ("ok", "lost", "twice", "late", "before", "oom", "readonly")
 
 
 class Faults:
@@ -62,11 +63,13 @@ class Faults:
         redis: aioredis.Redis,
         snapshot: Callable[[], Awaitable[dict[str, Any]]],
         rate: float,
+        between: Callable[[], Awaitable[None]],
     ) -> None:
         self.rng = rng
         self.redis = redis
         self.snapshot = snapshot
         self.rate = rate
+        self.between = between  # what happens between a call and its late retry
         self.window: tuple[str, int] | None = None  # ("oom" | "readonly", calls left)
         self.injected: Counter[str] = Counter()
         self.repeats_checked: Counter[str] = Counter()
@@ -79,7 +82,7 @@ class Faults:
             return mode
         if self.rng.random() >= self.rate:
             return "ok"
-        mode = self.rng.choices(MODES[1:], (2, 3, 1, 1, 1))[0]  # twice most: item 2's check
+        mode = self.rng.choices(MODES[1:], (2, 3, 1, 1, 1, 1))[0]  # twice most: item 2's check
         if mode in ("oom", "readonly"):
             self.window = (mode, self.rng.randint(0, 3))
         return mode
@@ -94,6 +97,11 @@ class Faults:
             case "lost":
                 with contextlib.suppress(Exception):  # the reply, error or not, never arrives
                     await call()
+                return await call()
+            case "late":
+                with contextlib.suppress(Exception):
+                    await call()
+                await self.between()
                 return await call()
             case "twice":
                 result = await call()  # an error here means no second run: raise it

@@ -75,7 +75,7 @@ class Harness:
         self.rng = random.Random(seed)
         self.scripts = Scripts(redis, settings.keys, settings.pending_queue_name)
         self.model = Model(MAX_BATCH, 1, LIMITS)
-        self.faults = Faults(self.rng, redis, self.snapshot, fault_rate)
+        self.faults = Faults(self.rng, redis, self.snapshot, fault_rate, self.leader_acts)
         self.config = TermConfig(max_batch=MAX_BATCH, limits=LIMITS)
         self.leader_token = ""
         self.fence = 0
@@ -275,6 +275,11 @@ class Harness:
                 self.fail(f"elect failed ({e}) after writing {sorted(diff)}")
             else:
                 self.fail(f"elect failed: {e}")
+
+    async def leader_acts(self) -> None:
+        """The leader places work meanwhile (between a call and its late retry)."""
+        with contextlib.suppress(NotLeaderError):
+            await self.scripts.dispatch(self.fence, 1000)
 
     async def op_stale_fence(self) -> None:
         """A deposed leader's dispatch or reap must be refused and change nothing."""
