@@ -4,9 +4,10 @@ One example is one fresh queue: a seeded random generator picks ``steps`` operat
 add_bulk, delayed and ``run_at`` adds, deduplication keys, per-tag backpressure, a flood past the
 depth where cancel marks ghosts, dispatch, advance with completed / failed / strict and relaxed
 retries, cancel, pause and resume, reap, register, retire, deregister, requeue and delete of dead
-letters, elect / renew / resign with leader changes, stale fences, heartbeat, a worker's crash, a
-lease moved into the past, time passing), then drains the queue and checks that nothing was left
-behind. The seed of an example reproduces it exactly, up to Redis's clock.
+letters, elect / renew / resign with leader changes, stale fences, a term with 10,000 limits,
+heartbeat, watch, a worker's crash, a lease moved into the past, Redis losing the queue's data,
+time passing), then drains the queue and checks that nothing was left behind. The seed of an
+example reproduces it exactly, up to Redis's clock.
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ class Figures:
 
 
 class Harness:
+    """One example: the scripts of one fresh queue, the reference model, the fault layer."""
+
     def __init__(
         self, redis: aioredis.Redis, settings: QueueSettings, seed: int, fault_rate: float
     ) -> None:
@@ -363,7 +366,7 @@ class Harness:
         ws = [w for w in self.model.workers.values() if w.leaving == leaving]
         return self.rng.choice(ws) if ws else None
 
-    def pick_job(self) -> Any:
+    def pick_job(self) -> MJob | None:
         if not self.model.jobs or self.rng.random() < 0.05:
             return None
         return self.model.jobs[self.rng.choice(list(self.model.jobs))]
