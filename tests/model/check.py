@@ -298,7 +298,8 @@ def check(model: Model, state: State) -> list[str]:
 
 
 def ready_sets(model: Model, state: State, bound: dict[str, dict[str, float]]) -> list[str]:
-    """Every tag is filed where refresh_tag (lua/_shared.lua) would file it, with its rank."""
+    """Every tag is filed where refresh_tag (lua/_shared.lua) would file it, with its rank, and
+    no two ready tags share a rank."""
     broken = []
     ready_bound, ready_new = _zset(state, "ready:bound"), _zset(state, "ready:new")
     held, turns = _zset(state, "held"), state.single.get("turns", {})
@@ -321,6 +322,9 @@ def ready_sets(model: Model, state: State, bound: dict[str, dict[str, float]]) -
                     broken.append(f"tag {tid} should be in {name} at {rank}: {zset.get(tid)}")
             elif tid in zset:
                 broken.append(f"tag {tid} is in {name} but should be in {into}")
+    # Ranks decide which tag goes first: a tie would be decided by tag bytes, not by age.
+    ranks = Counter([*ready_bound.values(), *ready_new.values()])
+    broken += [f"{n} ready tags share the rank {r}" for r, n in ranks.items() if n > 1]
     return broken
 
 
