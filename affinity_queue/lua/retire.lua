@@ -8,7 +8,8 @@
   worker's wake list gets a 'stop' token here, not by a separate push, so no worker key is
   written for a worker whose lease is gone.
 
-  Safe to repeat: a repeat finds the queue emptied and the worker already retiring.
+  Safe to repeat: each call hands back the next `budget` jobs of the queue, so a repeat does what
+  the caller's next call would; once the queue is empty a repeat changes nothing.
 
   KEYS: the shared table (see _shared.lua).
   ARGV[1]  worker id
