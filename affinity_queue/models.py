@@ -28,6 +28,12 @@ MAX_TYPE_BYTES = 256
 """Longest task ``type``, in bytes of UTF-8."""
 
 
+NOT_BLANK = r"[^\s\x1c-\x1f]"
+"""A character that is not whitespace, by Python's ``str.strip`` (which also strips the
+separators U+001C-U+001F): the schema's pattern, so what it admits and what validation accepts
+are the same strings."""
+
+
 def _bounded(limit: int) -> AfterValidator:
     def check(value: str) -> str:
         if not value.strip():
@@ -61,12 +67,12 @@ class Task(_Model):
     # The schema states what it can (length in characters, not blank); the validator counts bytes.
     type: Annotated[
         str,
-        StringConstraints(min_length=1, max_length=MAX_TYPE_BYTES, pattern=r"\S"),
+        StringConstraints(min_length=1, max_length=MAX_TYPE_BYTES, pattern=NOT_BLANK),
         _bounded(MAX_TYPE_BYTES),
     ]
     identify_tag: Annotated[
         str,
-        StringConstraints(min_length=1, max_length=MAX_TAG_BYTES, pattern=r"\S"),
+        StringConstraints(min_length=1, max_length=MAX_TAG_BYTES, pattern=NOT_BLANK),
         _bounded(MAX_TAG_BYTES),
     ] = Field(
         validation_alias=AliasChoices("identifyTag", "identify_tag"),

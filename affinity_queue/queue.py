@@ -501,13 +501,27 @@ class QueueService:
     async def search_tags(
         self, prefix: str, limit: int = 50, budget: int = 20_000
     ) -> tuple[list[str], bool]:
-        """Tags starting with ``prefix`` among the tags with placeable work and the paused tags,
-        and whether the search was complete. There is no index of every tag by name: this walks
-        those sets with ``ZSCAN``/``SSCAN`` (never the keyspace) until ``budget`` entries."""
+        """Tags starting with ``prefix`` among the tags workers hold, the tags with placeable
+        work and the paused tags, and whether the search was complete. There is no index of
+        every tag by name: this reads the live workers' states and walks those sets with
+        ``ZSCAN``/``SSCAN`` (never the keyspace) until ``budget`` entries."""
         self._check_open()
-        keys, pattern = self._keys, tag_id(prefix) + "*"  # hex holds no glob character
-        found: dict[str, None] = {}
-        seen = 0
+        keys, hex_prefix = self._keys, tag_id(prefix)
+        pattern = hex_prefix + "*"  # hex holds no glob character
+
+        async def held() -> list[Any]:
+            workers: list[str] = await self._redis.zrange(keys.workers, 0, budget - 1)  # type: ignore[assignment]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for wid in workers:
+                    pipe.hget(keys.worker_state(wid), "tid")
+                return await pipe.execute()
+
+        found: dict[str, None] = {
+            tag_from_id(tid): None
+            for tid in await self._guard(held)
+            if tid and tid.startswith(hex_prefix)
+        }
+        seen = len(found)
         for key in (keys.ready_bound, keys.ready_new, keys.paused_tags):
             cursor = 0
             while True:

@@ -112,7 +112,8 @@ async def test_url_options_cannot_cut_blocking_waits_short(
             added_at = time.monotonic()
             job = await aq.queue().add({"type": "t", "identifyTag": "a"})
             done_at = await asyncio.wait_for(finished.get(), timeout=10)
-        assert [r.getMessage() for r in caplog.records] == []
+        # Warnings only: an earlier test may have left the logger at INFO (the CLI sets it).
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
         assert done_at - added_at < 1.0, f"job {job.id} ran {done_at - added_at:.2f} s after add"
         # Options the library does not set itself still reach the connections.
         names = [c["name"] for c in await redis_client.client_list()]
