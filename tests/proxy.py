@@ -74,7 +74,9 @@ class Proxy:
             task.cancel()
         await asyncio.gather(*self._pumps, *self._open, return_exceptions=True)
         if self._server is not None:
-            await self._server.wait_closed()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):  # 3.12+ waits for every connection to go
+                    await self._server.wait_closed()
 
     async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         try:
@@ -116,7 +118,7 @@ class Proxy:
             for task in pumps:
                 task.cancel()
                 self._pumps.discard(task)
+            # Abort, not close: close() waits to flush what a peer that stopped reading never
+            # takes, and a cut connection must not hold up the proxy's own shutdown.
             for writer in (client_w, server_w):
-                writer.close()
-                with contextlib.suppress(Exception):
-                    await writer.wait_closed()
+                writer.transport.abort()
