@@ -24,6 +24,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from affinity_queue import AffinityQueue, QueueSettings
+from affinity_queue.aio import cancel_and_wait
 
 from ..redis_server import RedisServer
 from .ledger import Outcome, Run, read_runs
@@ -311,9 +312,9 @@ class Monitor:
 
     async def aclose(self) -> None:
         if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Not one cancel(): redis-py can swallow a cancellation that lands while it opens a
+            # connection, and this loop would then sample for ever (seen in the chaos soak).
+            await cancel_and_wait([self._task])
         await self.client.aclose()
 
     async def new_leader(self, *, other_than: str | None, limit_s: float) -> Sample:

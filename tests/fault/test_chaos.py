@@ -19,6 +19,8 @@ from collections import Counter
 import pytest
 import redis.asyncio as aioredis
 
+from affinity_queue.aio import cancel_and_wait
+
 from ..proxy import Proxy
 from . import ledger
 from .chaos import (
@@ -120,9 +122,7 @@ async def test_chaos_soak(redis_factory, cluster, queue_name) -> None:
         assert not f.problems, f"seed {SEED}:\n  " + "\n  ".join(f.problems[:30])
     finally:
         stop.set()
-        load.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await load
+        await cancel_and_wait([load])  # a single cancel() can be swallowed by redis-py
         await monitor.aclose()
         await direct.aclose()
         await producer.aq.aclose()
