@@ -12,6 +12,11 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import schemathesis
+
+# schemathesis imports this lazily from deep inside a hypothesis run, where pytest's assertion
+# rewriting parses it; CPython 3.11.7 can then fail with "AST constructor recursion depth
+# mismatch" (seen in a CI run). Imported here, at the top of the stack, it is parsed once.
+import schemathesis.wfc.escalation
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
