@@ -8,15 +8,13 @@ come from the schema's hypothesis strategy in a plain test: schemathesis's lazy 
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import pkgutil
 from collections.abc import Callable, Iterator
 
 import pytest
 import schemathesis
-
-# schemathesis imports this lazily from deep inside a hypothesis run, where pytest's assertion
-# rewriting parses it; CPython 3.11.7 can then fail with "AST constructor recursion depth
-# mismatch" (seen in a CI run). Imported here, at the top of the stack, it is parsed once.
-import schemathesis.wfc.escalation
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
@@ -25,6 +23,19 @@ from schemathesis.python.asgi import shutdown_lifespans
 from affinity_queue import QueueSettings
 
 from .app_support import env_for, load_example
+
+
+def _import_schemathesis_now() -> None:
+    """schemathesis imports some of its modules lazily, from deep inside a hypothesis run, where
+    pytest's assertion rewriting (schemathesis is a pytest plugin) parses them; CPython 3.11.7
+    can then fail with "AST constructor recursion depth mismatch" (seen in CI runs). Importing
+    every module here, at the top of the stack, parses each once, early."""
+    for module in pkgutil.walk_packages(schemathesis.__path__, "schemathesis."):
+        with contextlib.suppress(Exception):  # modules needing an extra we do not install
+            importlib.import_module(module.name)
+
+
+_import_schemathesis_now()
 
 
 @pytest.fixture
