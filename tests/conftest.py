@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 
 from affinity_queue import QueueSettings
 
+from .engine import Engine
 from .redis_server import RedisServer
 
 
@@ -52,3 +53,19 @@ async def redis_client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redi
     client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+async def engine(
+    redis_client: aioredis.Redis, make_settings: Callable[..., QueueSettings]
+) -> Engine:
+    """The scripts of a queue of this test alone, driven by hand (tests/engine.py)."""
+    return Engine(redis_client, make_settings())
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    """A redis-server of this test alone, for breaking it (maxmemory, REPLICAOF)."""
+    server = RedisServer().start()
+    yield server
+    server.cleanup()

@@ -5,7 +5,7 @@ through the real runtime where the fault is the runtime's."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 import redis.asyncio as aioredis
@@ -20,18 +20,6 @@ from .redis_server import RedisServer
 from .support import drained, wait_for
 
 SettingsFactory = Callable[..., QueueSettings]
-
-
-@pytest.fixture
-async def engine(redis_client: aioredis.Redis, make_settings: SettingsFactory) -> Engine:
-    return Engine(redis_client, make_settings())
-
-
-@pytest.fixture
-async def private_redis() -> AsyncIterator[RedisServer]:
-    server = RedisServer().start()
-    yield server
-    server.cleanup()
 
 
 async def run_all(engine: Engine, worker: str) -> list[RawJob]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
@@ -37,19 +37,6 @@ def reading(get: Callable[[], T]) -> Callable[[], Awaitable[T]]:
 
 def task(tag: str, payload: Any = None) -> dict[str, Any]:
     return {"type": "t", "identifyTag": tag, "payload": payload}
-
-
-@pytest.fixture
-async def engine(redis_client: aioredis.Redis, make_settings: SettingsFactory) -> Engine:
-    return Engine(redis_client, make_settings())
-
-
-@pytest.fixture
-async def private_redis() -> AsyncIterator[RedisServer]:
-    """A redis-server of this test alone, for breaking it (maxmemory)."""
-    server = RedisServer().start()
-    yield server
-    server.cleanup()
 
 
 async def test_a_lost_wake_up_reply_does_not_strand_a_bound_worker(

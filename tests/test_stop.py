@@ -7,7 +7,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,17 +16,9 @@ import redis.asyncio as aioredis
 from affinity_queue import AffinityQueue, JobStatus, QueueSettings
 
 from .lifecycle.support import task
-from .redis_server import RedisServer
 from .support import wait_for
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture
-def private_redis() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    yield server
-    server.cleanup()
 
 
 def _two_queues(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -18,14 +18,6 @@ from .support import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 FAULT_S = 1.5
-
-
-@pytest.fixture
-def private_redis() -> Iterator[RedisServer]:
-    """A redis-server of this test's own, so that breaking it harms nobody else."""
-    server = RedisServer().start()
-    yield server
-    server.cleanup()
 
 
 @pytest.fixture
