@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import pkgutil
+import sys
+import traceback
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -37,6 +39,8 @@ def _import_schemathesis_now() -> None:
 
 _import_schemathesis_now()
 
+AST_BUG = "AST constructor recursion depth mismatch"
+
 
 @pytest.fixture
 def api_schema(
@@ -60,4 +64,11 @@ def test_no_server_errors(api_schema: schemathesis.BaseSchema) -> None:
     def call(case: schemathesis.Case) -> None:
         case.call_and_validate()
 
-    call()
+    try:
+        call()
+    except BaseException as e:
+        # CPython before 3.11.8 can corrupt its AST recursion counter (gh-106905); hypothesis
+        # and schemathesis then fail to parse source deep in a run. Not this app's failure.
+        if sys.version_info < (3, 11, 8) and AST_BUG in "".join(traceback.format_exception(e)):
+            pytest.xfail(f"CPython {sys.version.split()[0]}: {AST_BUG} (gh-106905)")
+        raise
