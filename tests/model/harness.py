@@ -633,6 +633,14 @@ class Harness:
 
     async def finish_and_leave(self, w: MWorker) -> None:
         w.retiring = True
-        await self.complete(w)
+        try:
+            await self.complete(w)
+        except LeaseLostError:
+            if not w.leaving:
+                raise
+            # Gone already: a deregister slice run twice (the fault layer's "twice") finished it.
+            self.model.interrupt(w)
+            del self.model.workers[w.id]
+            return
         while not await self.deregister(w, 1000):
             pass
