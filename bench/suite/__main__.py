@@ -30,6 +30,9 @@ from . import __doc__ as DOC
 from .markdown import markdown
 from .workloads import Bench, drain, enqueue, hot_tag, keyed, latency, not_supported
 
+SCALE_OUT = 4
+"""Worker processes of the extra drain that affinity-queue runs (with 1 and 2, the scale-out)."""
+
 
 def _say(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
@@ -60,6 +63,13 @@ async def run_system(bench: Bench, system: System, only: tuple[str, ...]) -> dic
                 continue
             _say(f"{system.name}: W2 drain of {queued:,} tasks, {processes} process(es)")
             figures[f"w2.{processes}"] = await drain(bench, system, queued, processes)
+        if "w2" in only and isinstance(system, Ours):
+            # Scale-out: how Redis's cost per task moves with more worker processes, which
+            # gives the projected ceiling of one queue per Redis core (markdown's table).
+            await bench.fresh(system)
+            await system.fill(range(cfg.tasks))
+            _say(f"{system.name}: W2 drain of {cfg.tasks:,} tasks, {SCALE_OUT} processes")
+            figures[f"w2.{SCALE_OUT}"] = await drain(bench, system, cfg.tasks, SCALE_OUT)
         if "w1" in only:
             await bench.fresh(system)
             _say(f"{system.name}: W1 enqueue, bulk")
