@@ -61,9 +61,10 @@ if finished ~= '' then
       local ids = rcall('LRANGE', K_WQ .. w, 0, -1)
       rcall('DEL', K_WQ .. w)
       count('assigned', -#ids)
-      table.insert(ids, 1, finished)
       local tids = {}
-      count('pending', requeue_front(ids, tids, now))
+      -- The queued jobs (waiting already), then the retried one in front of them.
+      local back = requeue_front(ids, tids, now, rcall('HGET', state, 'tid'))
+      count('pending', back + requeue_front({ finished }, tids, now, nil))
       local tid = rcall('HGET', job, 'tid')
       -- GT: with concurrency > 1, a shorter retry must not shorten a longer one's hold.
       if tid then rcall('ZADD', K_HELD, 'GT', due, tid) end
@@ -96,5 +97,7 @@ rcall('HINCRBY', job, 'attempts', 1)
 rcall('HSET', state, 'active', id)
 count('assigned', -1)
 count('active', 1)
+table.insert(fields, 'tid')
 local f = rcall('HMGET', job, unpack(fields))
+backlog(f[8], -1)
 return { id, f[1], f[2], f[3], f[4], f[5], f[6], f[7] }
