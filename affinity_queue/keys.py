@@ -24,8 +24,9 @@ tags. A count, not the lists' lengths, because a tag's waiting jobs are spread o
 its workers' queues, and ghosts (cancelled deep in a list) still sit in the list. ``tag-names``
 holds the same tag ids with score 0 for prefix search: tag ids are the hex of the tag's UTF-8
 bytes, so a tag prefix is a hex prefix and ``ZRANGEBYLEX [p (pg`` (``g`` sorts after every hex
-digit) finds the matches in O(log tags + matches). Two sets, because a sorted set orders by score or (among equal scores) by
-name, not both; ``tag-names`` is written only when a tag gains or loses its last job.
+digit) finds the matches in O(log tags + matches). Two sets, because a sorted set orders by
+score or (among equal scores) by name, not both; ``tag-names`` is written only when a tag gains
+its first waiting job or loses its last.
 
 ``failed-by:type:<hex type>``, ``failed-by:tag:<tag id>``, ``failed-by:error:<hex error type>``
 index the dead letters like ``failed`` (score = finish ms), maintained by the scripts that add,
@@ -251,3 +252,21 @@ class QueueKeys:
     @property
     def limits(self) -> str:
         return self._key("K_LIMITS")
+
+    # The tag index (see TAG INDEX above).
+    @property
+    def backlog(self) -> str:
+        return self._key("K_BACKLOG")
+
+    @property
+    def tag_names(self) -> str:
+        return self._key("K_TAG_NAMES")
+
+    def tag_done(self, tid: str) -> str:
+        return self._key("K_TAG_DONE") + tid
+
+    def failed_by(self, field: str, value: str) -> str:
+        """The dead-letter index of one ``type``, ``tag`` or ``error`` (type) value."""
+        if field not in ("type", "tag", "error"):
+            raise ValueError(f"failed_by: field must be type, tag or error, got {field!r}")
+        return f"{self._key('K_FAILED_BY')}{field}:{tag_id(value)}"

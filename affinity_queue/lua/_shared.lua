@@ -224,12 +224,14 @@ local function finish(id, status, field, value, now)
   keep, ttl = tonumber(r[1]) or 100000, tonumber(r[2]) or 86400000
   rcall('PEXPIRE', job, ttl)
   rcall('ZADD', index, now, id)
-  local f = rcall('HMGET', job, 'tid', 'type')
+  local f = rcall('HMGET', job, 'tid', 'type', 'notify')
   if f[1] then
+    -- Trimmed to TAG_DONE_KEEP once it holds twice that, and expiring `ttl` after it began
+    -- (like the records it names): about one command per finish, not three.
     local done = K_TAG_DONE .. f[1]
-    rcall('LPUSH', done, id)
-    rcall('LTRIM', done, 0, TAG_DONE_KEEP - 1)
-    rcall('PEXPIRE', done, ttl)
+    local n = rcall('LPUSH', done, id)
+    if n == 1 then rcall('PEXPIRE', done, ttl) end
+    if n > 2 * TAG_DONE_KEEP then rcall('LTRIM', done, 0, TAG_DONE_KEEP - 1) end
   end
   if index == K_FAILED then
     for _, key in ipairs(failed_by_keys(f[2], f[1], value)) do
@@ -265,7 +267,7 @@ local function finish(id, status, field, value, now)
     end
   end
   count(status, 1)
-  if (tonumber(rcall('HGET', job, 'notify')) or 0) >= now then rcall('PUBLISH', K_DONE, id) end
+  if (tonumber(f[3]) or 0) >= now then rcall('PUBLISH', K_DONE, id) end
 end
 
 -- Append one failed attempt (a JSON object) to the job's history (a JSON array).
