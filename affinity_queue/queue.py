@@ -93,7 +93,7 @@ class QueueService:
         self._redis = redis
         self._scripts = scripts
         self._closed = False
-        self._waiters = Waiters(redis, self._keys.done_channel)
+        self._waiters = Waiters(redis, self._keys.done_channel, self.name)
 
     async def aclose(self) -> None:
         """Called by ``AffinityQueue.aclose()``: later calls raise instead of reconnecting."""

@@ -166,7 +166,8 @@ class _Dashboard:
 
     async def _unavailable(self, request: Request, exc: Exception) -> Response:
         # The cause names Redis's address: it goes to the log only.
-        log.warning("dashboard %s: %s", request.url.path, exc)
+        queue = getattr(exc, "queue", None)
+        log.warning("dashboard %s: %s", request.url.path, exc, extra={"queue": queue})
         return self.render(
             request, "error.html", 503, message="Redis is unavailable; try again shortly."
         )

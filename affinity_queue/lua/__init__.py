@@ -289,20 +289,22 @@ class Scripts:
             cancel += flagged
         return lost, cancel
 
-    async def deregister(self, worker_id: str, budget: int) -> tuple[int, bool]:
-        """Hands back up to ``budget`` jobs; returns (jobs handed back, worker gone)."""
-        n, gone = await self._call("deregister", worker_id, budget, worker_id=worker_id)
-        return int(n), bool(gone)
+    async def deregister(self, worker_id: str, budget: int) -> tuple[int, bool, list[str]]:
+        """Hands back up to ``budget`` jobs; returns (jobs handed back, worker gone, the ids of
+        the first ten)."""
+        n, gone, ids = await self._call("deregister", worker_id, budget, worker_id=worker_id)
+        return int(n), bool(gone), list(ids)
 
     async def retire(self, worker_id: str, budget: int) -> tuple[int, bool]:
         """Hands back up to ``budget`` queued jobs; returns (jobs handed back, queue empty)."""
         n, empty = await self._call("retire", worker_id, budget, worker_id=worker_id)
         return int(n), bool(empty)
 
-    async def reap(self, fence: int, budget: int) -> tuple[int, int, bool]:
-        """Returns (workers recovered, jobs handed back, more expired workers left)."""
-        workers, jobs, more = await self._call("reap", fence, budget)
-        return int(workers), int(jobs), bool(more)
+    async def reap(self, fence: int, budget: int) -> tuple[int, int, bool, list[str]]:
+        """Returns (workers recovered, jobs handed back, more expired workers left, the ids of
+        the first ten jobs handed back)."""
+        workers, jobs, more, ids = await self._call("reap", fence, budget)
+        return int(workers), int(jobs), bool(more), list(ids)
 
     async def elect(
         self, token: str, ttl_ms: int, node: str, host: str, pid: int, config: TermConfig

@@ -39,6 +39,7 @@ local ERR_NEED_LIMITS = -7
 local REQUEST_TTL_MS = 120000  -- how long a request token's reply is kept for a retry
 local TRIM_SLICE = 20  -- most retention entries one finish removes (per rule: age, count)
 local TAG_DONE_KEEP = 20  -- finished job ids kept per tag for its page (K_TAG_DONE)
+local NAMED_IDS = 10  -- job ids a recovery names in its reply (for its log line)
 
 local function now_ms()
   local t = rcall('TIME')
@@ -311,7 +312,7 @@ end
 
 -- Move the last `budget` (>= 1) jobs queued to worker `w` back to the front of their tag; the
 -- worker takes nothing new meanwhile (its batch is marked full, it leaves the idle set).
--- Returns the number of jobs moved and whether its queue is now empty.
+-- Returns the number of jobs moved, whether its queue is now empty, and their ids.
 local function unqueue(w, cfg, budget, tids, now)
   local state = K_WS .. w
   rcall('HSET', state, 'retiring', '1')
@@ -325,18 +326,20 @@ local function unqueue(w, cfg, budget, tids, now)
   rcall('LTRIM', K_WQ .. w, 0, -#slice - 1)
   count('assigned', -#slice)
   count('pending', requeue_front(slice, tids, now, tid or ''))
-  return #slice, rcall('EXISTS', K_WQ .. w) == 0
+  return #slice, rcall('EXISTS', K_WQ .. w) == 0, slice
 end
 
 -- Give back up to `budget` (>= 1) of a worker's jobs to the front of their tags, in their
 -- original order (its queued jobs from the tail, its active job last, so it lands in front), and
 -- once all are back delete every trace of the worker. Used for graceful stops and for dead
 -- workers; a worker with a long queue takes several calls, and stays unplaceable in between.
--- Returns the number of jobs handled and whether the worker is gone.
+-- Returns the number of jobs handled, whether the worker is gone, and the ids of the first
+-- NAMED_IDS of them (its active job first).
 local function hand_back(w, cfg, budget)
   local now = now_ms()
   local tids = {}
-  local n, empty = unqueue(w, cfg, budget, tids, now)
+  local n, empty, slice = unqueue(w, cfg, budget, tids, now)
+  local named = {}
   local gone = false
   if empty and n < budget then
     local state = K_WS .. w
@@ -345,6 +348,7 @@ local function hand_back(w, cfg, budget)
       count('active', -1)
       count('pending', requeue_front({ s[1] }, tids, now, nil))
       n = n + 1
+      named[1] = s[1]
     end
     if s[2] and s[2] ~= '' then rcall('ZREM', K_BOUND .. s[2], w) end
     rcall('DEL', state, K_WQ .. w, K_WAKEW .. w)
@@ -353,7 +357,8 @@ local function hand_back(w, cfg, budget)
   end
   for tid in pairs(tids) do refresh_tag(tid, cfg) end
   wake_scheduler_if_work()
-  return n, gone
+  for i = 1, math.min(#slice, NAMED_IDS - #named) do named[#named + 1] = slice[i] end
+  return n, gone, named
 end
 
 local function is_leader(fence)

@@ -177,7 +177,12 @@ class QueueMetrics:
             times = await scripts.job_times([job_id for job_id, _ in batch])
         except Exception as e:
             if not self._failing:
-                log.warning("queue %s: could not read job wait times: %r", self.queue, e)
+                log.warning(
+                    "queue %s: could not read job wait times: %r",
+                    self.queue,
+                    e,
+                    extra={"queue": self.queue},
+                )
             self._failing = True
             return
         self._failing = False
@@ -252,7 +257,9 @@ class QueueCollector(Collector):
                 snapshots[name] = await self._read(name)
             except Exception as e:
                 if name not in self._failing:
-                    log.warning("queue %s: metrics could not read Redis: %r", name, e)
+                    log.warning(
+                        "queue %s: metrics could not read Redis: %r", name, e, extra={"queue": name}
+                    )
                 self._failing.add(name)
             else:
                 self._failing.discard(name)
