@@ -223,7 +223,7 @@ class _Snapshot:
     workers: dict[str, int] = field(default_factory=dict)  # status -> number
     tags_ready: int = 0
     tags_bound: int = 0
-    backlog: dict[str, int] = field(default_factory=dict)  # tag -> pending jobs
+    backlog: dict[str, int] = field(default_factory=dict)  # tag -> jobs waiting to start
     oldest_wait_s: dict[str, float] = field(default_factory=dict)
 
 
@@ -234,12 +234,14 @@ class QueueCollector(Collector):
     """Queue-wide gauges, read from Redis by :meth:`refresh` and yielded by :meth:`collect`.
 
     The cost of a scrape does not grow with the backlog or the number of tags: per queue it
-    reads the counts hash, the leader, the lease index and every live worker's state (bounded by
-    the workers, not the work), the sizes and the heads of the two ready sets (the tags with
-    placeable work, scored by their oldest job's order), and for the ``top_tags + 1``
-    oldest-waiting of those tags their length and their head job's times. So the per-tag gauges
-    show the oldest-waiting placeable tags; ``__other__`` holds the rest of the pending jobs and
-    the oldest wait among the other placeable tags.
+    reads the counts hash, the lease index and every live worker's state (bounded by the
+    workers, not the work), the ``top_tags`` busiest tags from the tag index (``backlog``, kept
+    by the scripts), the sizes and the heads of the two ready sets (the tags with placeable
+    work, scored by their oldest job's order), and for the ``top_tags + 1`` oldest-waiting of
+    those their head job's times. So ``tag_backlog`` shows the tags with the most jobs waiting
+    to start, and ``__other__`` the rest of them (pending + assigned, from the counts);
+    ``tag_oldest_wait_seconds`` shows the longest-waiting placeable tags, and ``__other__`` the
+    oldest wait among the other placeable tags.
     """
 
     def __init__(self, aq: AffinityQueue, top_tags: int = TOP_TAGS) -> None:
@@ -277,7 +279,17 @@ class QueueCollector(Collector):
             pipe.zcard(k.ready_new)
             pipe.zrange(k.ready_bound, 0, n - 1, withscores=True)
             pipe.zrange(k.ready_new, 0, n - 1, withscores=True)
-            (secs, micros), counts, leases, n_bound, n_new, heads_b, heads_n = await pipe.execute()
+            pipe.zrevrange(k.backlog, 0, self._top - 1, withscores=True)
+            (
+                (secs, micros),
+                counts,
+                leases,
+                n_bound,
+                n_new,
+                heads_b,
+                heads_n,
+                busiest,
+            ) = await pipe.execute()
         now_ms = int(secs) * 1000 + int(micros) // 1000
         snap = _Snapshot(counts, tags_ready=int(n_bound) + int(n_new))
         oldest = [tid for tid, _ in sorted([*heads_b, *heads_n], key=lambda m: m[1])[:n]]
@@ -285,10 +297,9 @@ class QueueCollector(Collector):
             for wid, _ in leases:
                 pipe.hmget(k.worker_state(wid), ["status", "tid"])
             for tid in oldest:
-                pipe.llen(k.tag_prefix + tid)
                 pipe.lindex(k.tag_prefix + tid, 0)
             replies = await pipe.execute()
-        states, per_tag = replies[: len(leases)], replies[len(leases) :]
+        states, heads = replies[: len(leases)], replies[len(leases) :]
         bound: set[str] = set()
         for (_, expiry), (status, tid) in zip(leases, states, strict=True):
             kind = "dead" if expiry < now_ms else status or "gone"
@@ -296,21 +307,19 @@ class QueueCollector(Collector):
             if status == "running" and tid:
                 bound.add(tid)
         snap.tags_bound = len(bound)
-        lengths = per_tag[0::2]
-        heads = per_tag[1::2]
         async with redis.pipeline(transaction=False) as pipe:
             for head in heads:
                 pipe.hmget(k.job(head or "-"), ["created", "due"])
             times = await pipe.execute() if heads else []
         waits = [max(0, now_ms - max(int(c), int(d or 0))) / 1000 if c else 0.0 for c, d in times]
         top = min(self._top, len(oldest))
-        for tid, length, wait in zip(oldest[:top], lengths, waits, strict=False):
-            tag = tag_from_id(tid)
-            snap.backlog[tag] = int(length)
-            snap.oldest_wait_s[tag] = wait
-        rest = int(counts.get("pending", 0)) - sum(snap.backlog.values())
-        snap.backlog[OTHER_TAG] = max(0, rest)
+        for tid, wait in zip(oldest[:top], waits, strict=False):
+            snap.oldest_wait_s[tag_from_id(tid)] = wait
         snap.oldest_wait_s[OTHER_TAG] = waits[top] if len(waits) > top else 0.0
+        for tid, n_waiting in busiest:
+            snap.backlog[tag_from_id(tid)] = int(n_waiting)
+        waiting = int(counts.get("pending", 0)) + int(counts.get("assigned", 0))
+        snap.backlog[OTHER_TAG] = max(0, waiting - sum(snap.backlog.values()))
         return snap
 
     def collect(self) -> Iterator[Metric]:
@@ -333,13 +342,14 @@ class QueueCollector(Collector):
         )
         backlog = GaugeMetricFamily(
             "affinity_queue_tag_backlog",
-            f"Pending jobs of the {self._top} oldest-waiting placeable tags; the rest in "
-            f"tag={OTHER_TAG!r}.",
+            f"Jobs waiting to start (pending or queued to a worker) of the {self._top} tags with "
+            f"the most; the rest in tag={OTHER_TAG!r}.",
             labels=["queue", "tag"],
         )
         oldest = GaugeMetricFamily(
             "affinity_queue_tag_oldest_wait_seconds",
-            "Age of the oldest pending job of the tag (delay excluded).",
+            f"Age of the oldest pending job (delay excluded) of the {self._top} longest-waiting "
+            f"placeable tags; the oldest of the other placeable tags in tag={OTHER_TAG!r}.",
             labels=["queue", "tag"],
         )
         leader = GaugeMetricFamily(
