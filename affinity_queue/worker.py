@@ -609,7 +609,7 @@ class WorkerService(QueueRuntime):
         if job is None:
             return None
         if self.metrics is not None:
-            self.metrics.started(self._scripts, job.id, job.type)
+            self.metrics.started(job.type, job.wait_ms)
         if binding is None:
             binding = _Binding(job.identify_tag)
             event = TagEvent(self.name, job.identify_tag, wid, binding.state)

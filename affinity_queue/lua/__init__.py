@@ -39,7 +39,6 @@ SCRIPT_NAMES = (
     "dispatch",
     "elect",
     "heartbeat",
-    "job_times",
     "pause",
     "progress",
     "reap",
@@ -92,10 +91,12 @@ class RawJob:
     max_attempts: int
     backoff_ms: int
     timeout_ms: int
+    wait_ms: int = 0
+    """From its add (or the end of its delay) to this start, in Redis time."""
 
     @classmethod
     def from_reply(cls, reply: list[Any]) -> RawJob:
-        job_id, type_, tag, payload, attempts, max_attempts, backoff, timeout = reply
+        job_id, type_, tag, payload, attempts, max_attempts, backoff, timeout, wait = reply
         return cls(
             job_id,
             type_,
@@ -105,6 +106,7 @@ class RawJob:
             int(max_attempts or 1),
             int(backoff or 0),
             int(timeout or 0),
+            int(wait),
         )
 
 
@@ -247,14 +249,6 @@ class Scripts:
 
     async def pause(self, token: str, on: bool, tid: str = "") -> None:
         await self._call("pause", token, int(on), tid)
-
-    async def job_times(self, job_ids: list[str]) -> list[tuple[int, int, int]]:
-        """(created, due, started) in ms of Redis time per job, 0 where unknown."""
-        flat = await self._call("job_times", *job_ids)
-        return [
-            (int(flat[i] or 0), int(flat[i + 1] or 0), int(flat[i + 2] or 0))
-            for i in range(0, len(flat), 3)
-        ]
 
     async def progress(self, worker_id: str, job_id: str, value_json: str) -> bool:
         """Store a running job's progress; False when it is no longer this worker's active

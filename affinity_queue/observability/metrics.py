@@ -6,10 +6,9 @@ gauges read from Redis at scrape time.
     app.mount("/metrics", metrics_app(aq))
 
 The only module that imports ``prometheus_client`` (the ``metrics`` extra). Nothing here costs a
-Redis call per task on the producer or in the handler's path: counters live in the process; a
-job's wait (enqueue to start) is read in bulk (one script call per 0.1 s or 250 jobs), off the
-handler's path. A scrape reads a bounded set of keys whatever the backlog or the
-number of tags (see :class:`QueueCollector`).
+Redis call: counters live in the process, and a job's wait (enqueue to start, in Redis time)
+comes with the job in ``advance``'s reply. A scrape reads a bounded set of keys whatever the
+backlog or the number of tags (see :class:`QueueCollector`).
 """
 
 from __future__ import annotations
@@ -39,7 +38,6 @@ except ImportError as e:  # pragma: no cover - exercised without the extra
 
 if TYPE_CHECKING:
     from ..core import AffinityQueue
-    from ..lua import Scripts
 
 log = logging.getLogger("affinity_queue.metrics")
 
@@ -48,10 +46,6 @@ TOP_TAGS = 20
 OTHER_TAG = "__other__"
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
-WAIT_READ_EVERY_S = 0.1
-WAIT_READ_BATCH = 250
-"""Job wait times are read in bulk: every WAIT_READ_EVERY_S, or as soon as WAIT_READ_BATCH
-jobs have started, so the read costs well under a microsecond per job and bounds one call."""
 
 
 class _Histogram:
@@ -116,10 +110,6 @@ class QueueMetrics:
         self.queue = queue
         self.counters: dict[tuple[str, tuple[str, ...]], float] = {}
         self.histograms: dict[tuple[str, str], _Histogram] = {}
-        self._to_read: list[tuple[str, str]] = []  # (job id, type) started, wait unread
-        self._timer: asyncio.TimerHandle | None = None
-        self._reading: set[asyncio.Task[None]] = set()
-        self._failing = False
 
     def _inc(self, name: str, labels: tuple[str, ...], n: float = 1) -> None:
         key = (name, labels)
@@ -153,43 +143,8 @@ class QueueMetrics:
     def fenced(self) -> None:
         self._inc("affinity_queue_fenced_rejections", ())
 
-    def started(self, scripts: Scripts, job_id: str, type: str) -> None:
-        if not self._to_read:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(WAIT_READ_EVERY_S, self._read_waits, scripts)
-        self._to_read.append((job_id, type))
-        if len(self._to_read) >= WAIT_READ_BATCH:
-            self._read_waits(scripts)
-
-    def _read_waits(self, scripts: Scripts) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        batch, self._to_read = self._to_read, []
-        task = asyncio.get_running_loop().create_task(self._observe_waits(scripts, batch))
-        self._reading.add(task)
-        task.add_done_callback(self._reading.discard)
-
-    async def _observe_waits(self, scripts: Scripts, batch: list[tuple[str, str]]) -> None:
-        """One script call for the jobs that started lately: wait = started -
-        max(created, due), all three written with Redis's clock (no skew between hosts)."""
-        try:
-            times = await scripts.job_times([job_id for job_id, _ in batch])
-        except Exception as e:
-            if not self._failing:
-                log.warning(
-                    "queue %s: could not read job wait times: %r",
-                    self.queue,
-                    e,
-                    extra={"queue": self.queue},
-                )
-            self._failing = True
-            return
-        self._failing = False
-        for (_, type_), (created, due, started) in zip(batch, times, strict=True):
-            if created and started:
-                wait_s = max(0, started - max(created, due)) / 1000
-                self._observe("affinity_queue_task_wait_seconds", type_, wait_s)
+    def started(self, type: str, wait_ms: int) -> None:
+        self._observe("affinity_queue_task_wait_seconds", type, wait_ms / 1000)
 
 
 class ProcessCollector(Collector):
