@@ -345,24 +345,25 @@ class QueueService:
         """Dead letters matching every filter given, newest first, from rank ``cursor`` on.
 
         Each filter has an index of its own (``failed-by:*``, kept by the scripts), so one
-        filter reads just the page it shows; with several, the smallest index is read and the
-        other filters are checked on at most ``window`` of its entries (then the page says where
-        to go on). ``cursor`` is a rank in the index read, newest first."""
+        filter reads just the page it shows; with several, the smallest index is read and its
+        entries are checked for membership in the others (``ZSCORE``, no record read), at most
+        ``window`` of them per call (then the page says where to go on). ``cursor`` is a rank
+        in the index read, newest first."""
         self._check_open()
         keys, cursor = self._keys, max(0, cursor)
         wanted = {"type": type, "tag": identify_tag, "error": error_type}
-        given = {f: v for f, v in wanted.items() if v is not None}
+        given = [keys.failed_by(f, v) for f, v in wanted.items() if v is not None]
 
         async def sizes() -> list[int]:
             async with self._redis.pipeline(transaction=False) as pipe:
-                for f, v in given.items():
-                    pipe.zcard(keys.failed_by(f, v))
+                for key in given:
+                    pipe.zcard(key)
                 return await pipe.execute()
 
-        index = keys.failed
+        index, others = keys.failed, given
         if given:
-            smallest = min(zip(await self._guard(sizes), given, strict=True))[1]
-            index = keys.failed_by(smallest, given.pop(smallest))
+            _, index = min(zip(await self._guard(sizes), given, strict=True))
+            others = [key for key in given if key != index]
 
         async def read(start: int, n: int) -> tuple[int, list[str], list[Any]]:
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -370,27 +371,23 @@ class QueueService:
                 pipe.zrevrange(index, start, start + n - 1)
                 total, ids = await pipe.execute()
                 for job_id in ids:
-                    pipe.hmget(keys.job(job_id), "type", "tag", "error")
-                return total, ids, await pipe.execute()
-
-        def matches(t: str | None, tag: str | None, error: str | None) -> bool:
-            got = {"type": t, "tag": tag, "error": _error_type(error)}
-            return t is not None and all(got[f] == v for f, v in given.items())
+                    for key in others:
+                        pipe.zscore(key, job_id)
+                return total, ids, await pipe.execute() if others and ids else []
 
         matched: list[str] = []
         examined, total = 0, 0
-        # Read in slices, so that a page reads about ``limit`` entries, not ``window``.
         while examined < window and len(matched) < limit:
-            total, ids, fields = await self._guard(
-                partial(read, cursor + examined, min(max(limit, 100), window - examined))
-            )
-            for job_id, (t, tag, error) in zip(ids, fields, strict=True):
+            # Without other filters every entry matches: read just the page.
+            n = limit - len(matched) if not others else min(max(limit, 100), window - examined)
+            total, ids, scores = await self._guard(partial(read, cursor + examined, n))
+            for i, job_id in enumerate(ids):
                 examined += 1
-                if matches(t, tag, error):
+                if all(x is not None for x in scores[i * len(others) : (i + 1) * len(others)]):
                     matched.append(job_id)
                     if len(matched) == limit:
                         break
-            if not ids:
+            if len(ids) < n:
                 break
         end = cursor + examined
         return FailedPage(
@@ -783,13 +780,6 @@ class QueueService:
                 raise
             await asyncio.sleep(delay_s)
             delay_s = min(delay_s * 2, 0.5)
-
-
-def _error_type(error: str | None) -> str | None:
-    try:
-        return str(json.loads(error)["type"]) if error else None
-    except (ValueError, KeyError, TypeError):
-        return None
 
 
 def _ready(in_bound: float | None, in_new: float | None) -> str | None:
