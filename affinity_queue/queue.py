@@ -379,7 +379,7 @@ class QueueService:
         examined, total = 0, 0
         while examined < window and len(matched) < limit:
             # Without other filters every entry matches: read just the page.
-            n = limit - len(matched) if not others else min(max(limit, 100), window - examined)
+            n = min(limit - len(matched) if not others else max(limit, 100), window - examined)
             total, ids, scores = await self._guard(partial(read, cursor + examined, n))
             for i, job_id in enumerate(ids):
                 examined += 1

@@ -5,6 +5,7 @@ against the job records by tests/model)."""
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable
 
 from affinity_queue import AffinityQueue, JobContext, QueueSettings
@@ -120,3 +121,22 @@ async def test_a_tags_page_data_and_running_progress(
         finished = await q.list_tag_finished("x")
         assert [j.id for j in finished] == [j.id for j in reversed(jobs)]
         assert await q.busiest_tags() == [] and await q.list_tag_assigned("x") == []
+
+
+async def test_a_bulk_action_with_no_bound_finds_every_match(
+    make_settings: Callable[..., QueueSettings],
+) -> None:
+    """match_failed with no bound (the CLI's --all) walks the index in windows to the end."""
+    aq = AffinityQueue(make_settings(worker_count=1))
+
+    @aq.handler("a")
+    async def fail(payload: int) -> None:
+        raise ValueError(payload)
+
+    async with aq:
+        q = aq.queue()
+        await q.add_bulk([{"type": "a", "identifyTag": "t", "payload": i} for i in range(5)])
+        await wait_for(q.get_queue_stats, lambda s: s.failed == 5, what="5 dead letters")
+        for filters in ({}, {"type": "a"}, {"type": "a", "error_type": "ValueError"}):
+            ids, more = await q.match_failed(**filters, limit=sys.maxsize)  # type: ignore[arg-type]
+            assert len(set(ids)) == 5 and not more
