@@ -158,6 +158,8 @@ def _emit(args: argparse.Namespace, rows: list[dict[str, Any]], columns: Sequenc
 
 
 def _cell(value: Any) -> str:
+    if isinstance(value, dict | list):  # a progress value: JSON, as --json prints it
+        return json.dumps(value, ensure_ascii=False)
     return "-" if value is None or value == "" else str(value)
 
 
@@ -182,6 +184,8 @@ def _job_row(j: Job) -> dict[str, Any]:
     return row
 
 
+WORKER_COLUMNS = ("queue", "worker_id", "status", "current_identify_tag", "batch", "queue_length",
+                  "active_job_id", "active_job_progress", "host", "pid")  # fmt: skip
 JOB_COLUMNS = ("id", "type", "identify_tag", "status", "attempts", "created_at", "worker_id")
 
 
@@ -203,11 +207,10 @@ async def _workers(args: argparse.Namespace, queues: list[QueueService]) -> int:
     for q in queues:
         stats, config = await q.get_queue_stats(), await q.get_config()
         for w in stats.workers:
-            row = w.model_dump(by_alias=False)
+            row = w.model_dump(mode="json", by_alias=False)
             row.update(queue=q.name, batch=f"{w.current_batch_size}/{config['max_batch_size']}")
             rows.append(row)
-    _emit(args, rows, ("queue", "worker_id", "host", "pid", "status", "current_identify_tag",
-                       "batch", "queue_length", "active_job_id"))  # fmt: skip
+    _emit(args, rows, WORKER_COLUMNS)
     return EXIT_OK
 
 
