@@ -8,6 +8,9 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+Log = logging.Logger | logging.LoggerAdapter[logging.Logger]
+"""A logger, or a queue's adapter (observability.logs.queue_log) that adds its name."""
+
 log = logging.getLogger("affinity_queue")
 
 STOP_DEADLINE_S = 5.0
@@ -24,6 +27,7 @@ def supervise(
     name: str,
     what: str,
     running: Callable[[], bool],
+    logger: Log = log,
 ) -> asyncio.Task[None]:
     """Run ``body`` as the task ``name`` for as long as ``running()`` holds.
 
@@ -50,9 +54,9 @@ def supervise(
             kind = "returned" if error is None else type(error).__qualname__
             if kind != last:
                 if error is None:
-                    log.error("%s ended while its queue runs; restarting it", what)
+                    logger.error("%s ended while its queue runs; restarting it", what)
                 else:
-                    log.error("%s failed; restarting it with backoff", what, exc_info=error)
+                    logger.error("%s failed; restarting it with backoff", what, exc_info=error)
             last = kind
             await asyncio.sleep(delay_s)
             delay_s = min(delay_s * 2, RESTART_MAX_S)
@@ -61,7 +65,7 @@ def supervise(
 
 
 async def cancel_and_wait(
-    tasks: Iterable[asyncio.Task[Any]], *, deadline_s: float = STOP_DEADLINE_S
+    tasks: Iterable[asyncio.Task[Any]], *, deadline_s: float = STOP_DEADLINE_S, logger: Log = log
 ) -> None:
     """Cancel ``tasks`` and wait until they end, cancelling again as long as they run.
 
@@ -78,7 +82,7 @@ async def cancel_and_wait(
             task.cancel()
         _, pending = await asyncio.wait(pending, timeout=min(0.1, max(0.0, end - loop.time())))
         if pending and loop.time() >= end:
-            log.warning(
+            logger.warning(
                 "%d task(s) did not stop within %.1f s: %s",
                 len(pending),
                 deadline_s,

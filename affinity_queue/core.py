@@ -201,7 +201,13 @@ class _Queue:
     @classmethod
     def build(cls, name: str, settings: QueueSettings) -> _Queue:
         for option, why in _ignored_url_options(settings.resolved_redis_url):
-            log.warning("queue %s: REDIS_URL sets %s, which is ignored: %s", name, option, why)
+            log.warning(
+                "queue %s: REDIS_URL sets %s, which is ignored: %s",
+                name,
+                option,
+                why,
+                extra={"queue": name},
+            )
         c = _Clients.open(name, settings)
         net = Connectivity(name, log)
         return cls(
@@ -433,6 +439,7 @@ class AffinityQueue:
                 role.value,
                 _redacted(q.settings.resolved_redis_url),
                 q.settings.worker_count if role.works else 0,
+                extra={"queue": name},
             )
             if role.schedules:
                 await q.scheduler.start()
@@ -510,7 +517,11 @@ async def _step(queue: str, what: str, step: Callable[[], Awaitable[None]]) -> N
         await step()
     except Exception as e:
         log.error(
-            "queue %s: stopping the %s failed; going on with the rest", queue, what, exc_info=e
+            "queue %s: stopping the %s failed; going on with the rest",
+            queue,
+            what,
+            exc_info=e,
+            extra={"queue": queue},
         )
 
 

@@ -218,6 +218,8 @@ class LeaseLostError(ScriptError):
     def __init__(self, worker_id: str) -> None:
         super().__init__(f"worker {worker_id}: lease lost; its jobs were handed to other workers")
         self.worker_id = worker_id
+        self.job_id: str | None = None
+        """The job whose finish the lost lease refused, when the worker knows it."""
 
 
 class NotLeaderError(ScriptError):

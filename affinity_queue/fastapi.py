@@ -117,7 +117,7 @@ def _named(aq: AffinityQueue, name: str, get: Callable[[AffinityQueue, str], S])
         return get(aq, name)
     except UnknownQueueError as e:
         # A programming error, but one whose fix the developer should read in the response.
-        log.error("%s", e)
+        log.error("%s", e, extra={"queue": name})
         raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, detail=str(e)) from e
 
 
@@ -171,7 +171,7 @@ async def _tag_backlog_full(request: Request, exc: Exception) -> JSONResponse:
 async def _queue_unavailable(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, QueueUnavailableError)
     # The details (the queue, Redis's address, the cause) go to the log, not to the client.
-    log.warning("%s %s: %s", request.method, request.url.path, exc)
+    log.warning("%s %s: %s", request.method, request.url.path, exc, extra={"queue": exc.queue})
     outcome = "the task may have been written" if exc.maybe_written else "nothing was written"
     return error_response(
         503,

@@ -13,6 +13,25 @@ module wrote) produced. No key a script builds can leave the queue's slot.
 Tags are user input of any shape (``a:b``, ``{x}``, ``*``, newlines, emoji, long strings), so a tag
 never appears raw in a key: :func:`tag_id` hex-encodes it. Hex is reversible (no two tags collide)
 and contains no glob character (no tag matches another's keys in a ``SCAN`` pattern).
+
+TAG INDEX. ``backlog`` counts, per tag, the jobs waiting to start: in the tag's pending list or
+queued on a worker bound to it, whatever holds them back (a bound worker, a full batch, a
+concurrency limit, a pause, a strict retry's hold). Delayed jobs join when they come due; a job
+leaves when it starts, is cancelled, or is dropped. The scripts that move a job across that line
+change the count in the same step (``backlog()`` in _shared.lua) and remove a tag at zero, so the
+index holds exactly the tags with work, and "busiest" is one ``ZREVRANGE`` whatever the number of
+tags. A count, not the lists' lengths, because a tag's waiting jobs are spread over its list and
+its workers' queues, and ghosts (cancelled deep in a list) still sit in the list. ``tag-names``
+holds the same tag ids with score 0 for prefix search: tag ids are the hex of the tag's UTF-8
+bytes, so a tag prefix is a hex prefix and ``ZRANGEBYLEX [p (pg`` (``g`` sorts after every hex
+digit) finds the matches in O(log tags + matches). Two sets, because a sorted set orders by
+score or (among equal scores) by name, not both; ``tag-names`` is written only when a tag gains
+its first waiting job or loses its last.
+
+``failed-by:type:<hex type>``, ``failed-by:tag:<tag id>``, ``failed-by:error:<hex error type>``
+index the dead letters like ``failed`` (score = finish ms), maintained by the scripts that add,
+trim, requeue and delete them, so a filtered page of dead letters reads one range.
+``tag-done:<tag id>`` keeps a tag's newest finished job ids (TAG_DONE_KEEP, for its page).
 """
 
 from __future__ import annotations
@@ -63,6 +82,10 @@ QUEUE_KEYS: tuple[tuple[str, str, str], ...] = (
     ("K_DONE", "done", "Pub/Sub channel: ids of finished jobs somebody waits for"),
     ("K_REQ", "req:", "per request token: the reply of a call that must not apply twice"),
     ("K_TRACE", "trace:", "per request token: the trace context of the call that added jobs"),
+    ("K_BACKLOG", "backlog", "zset: tag id -> its jobs waiting to start (see TAG INDEX below)"),
+    ("K_TAG_NAMES", "tag-names", "zset, all scores 0: the tag ids of K_BACKLOG, by their bytes"),
+    ("K_TAG_DONE", "tag-done:", "per tag id: list of its newest finished job ids, newest first"),
+    ("K_FAILED_BY", "failed-by:", "per filter: zset of the dead letters of one type/tag/error"),
 )
 _SUFFIX = {lua: suffix for lua, suffix, _ in QUEUE_KEYS}
 WAKE_SUFFIX = "wake:"
@@ -229,3 +252,21 @@ class QueueKeys:
     @property
     def limits(self) -> str:
         return self._key("K_LIMITS")
+
+    # The tag index (see TAG INDEX above).
+    @property
+    def backlog(self) -> str:
+        return self._key("K_BACKLOG")
+
+    @property
+    def tag_names(self) -> str:
+        return self._key("K_TAG_NAMES")
+
+    def tag_done(self, tid: str) -> str:
+        return self._key("K_TAG_DONE") + tid
+
+    def failed_by(self, field: str, value: str) -> str:
+        """The dead-letter index of one ``type``, ``tag`` or ``error`` (type) value."""
+        if field not in ("type", "tag", "error"):
+            raise ValueError(f"failed_by: field must be type, tag or error, got {field!r}")
+        return f"{self._key('K_FAILED_BY')}{field}:{tag_id(value)}"

@@ -167,12 +167,23 @@ class WorkerState(_Model):
     current_batch_size: int = 0
     queue_length: int = 0
     active_job_id: str | None = None
+    active_job_started_at: datetime | None = None
+    active_job_progress: JsonValue = None
+    """The running job's last ``ctx.set_progress()`` value (None if it gave none)."""
     host: str | None = None
     pid: int | None = None
 
     @classmethod
-    def from_redis(cls, worker_id: str, h: dict[str, str], queue_length: int) -> WorkerState:
+    def from_redis(
+        cls,
+        worker_id: str,
+        h: dict[str, str],
+        queue_length: int,
+        active: tuple[str | None, str | None] = (None, None),
+    ) -> WorkerState:
+        """``active``: the running job's ``started`` and ``progress`` fields."""
         tid = h.get("tid") or ""
+        started, progress = active
         return cls(
             worker_id=worker_id,
             status=h.get("status", "gone"),
@@ -180,6 +191,8 @@ class WorkerState(_Model):
             current_batch_size=int(h.get("batch", 0)),
             queue_length=queue_length,
             active_job_id=h.get("active") or None,
+            active_job_started_at=_ms_to_datetime(started),
+            active_job_progress=json.loads(progress) if progress else None,
             host=h.get("host"),
             pid=int(h["pid"]) if h.get("pid") else None,
         )
@@ -257,6 +270,8 @@ class TagInfo(_Model):
     identify_tag: str
     pending: int
     """Jobs in the tag's pending list (not those already queued to a worker, nor delayed ones)."""
+    backlog: int = 0
+    """Jobs waiting to start, from the tag index: pending, or queued to a worker bound to it."""
     oldest_job_id: str | None
     oldest_created_at: datetime | None
     bound_workers: dict[str, int]

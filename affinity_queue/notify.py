@@ -11,6 +11,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from .aio import cancel_and_wait
+from .observability.logs import queue_log
 from .retry import RedisTrouble
 
 log = logging.getLogger("affinity_queue")
@@ -25,9 +26,10 @@ class Waiters:
     and the next one subscribes again.
     """
 
-    def __init__(self, redis: Redis, channel: str) -> None:
+    def __init__(self, redis: Redis, channel: str, queue: str) -> None:
         self._redis = redis
         self._channel = channel
+        self._log = queue_log(log, queue)
         self._futures: dict[str, set[asyncio.Future[None]]] = {}
         self._pubsub: PubSub | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -69,7 +71,7 @@ class Waiters:
         except Exception as e:
             error = e
             if not isinstance(e, RedisTrouble):
-                log.error("job notifications on %s failed", self._channel, exc_info=e)
+                self._log.error("job notifications on %s failed", self._channel, exc_info=e)
         finally:  # whatever ended the reader: nobody may wait for a message it cannot pass on
             for job_id in list(self._futures):
                 self._resolve(job_id, error)
@@ -84,7 +86,7 @@ class Waiters:
 
     async def aclose(self) -> None:
         if self._reader is not None:
-            await cancel_and_wait([self._reader])
+            await cancel_and_wait([self._reader], logger=self._log)
         if self._pubsub is not None:
             with contextlib.suppress(*RedisTrouble):
                 await self._pubsub.aclose()  # type: ignore[no-untyped-call]

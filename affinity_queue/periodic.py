@@ -38,6 +38,7 @@ from .errors import InvalidScheduleError, InvalidTaskError, TagBacklogFullError
 from .keys import QueueKeys, tag_id
 from .lua import AddOptions, Scripts, new_token
 from .models import Task
+from .observability.logs import queue_log
 from .settings import QueueSettings
 
 if TYPE_CHECKING:
@@ -191,6 +192,7 @@ class Periodic:
 
     def __init__(self, queue: str, settings: QueueSettings) -> None:
         self.queue = queue
+        self._log = queue_log(log, queue)
         self.settings = settings
         self._keys: QueueKeys = settings.keys
         self._schedules: dict[str, Schedule] = {}
@@ -237,7 +239,7 @@ class Periodic:
         if s.missed is not Missed.SKIP or s.after(self._last[s.name]) >= late:
             return None
         newest_missed = s.at_or_before(late - 1)
-        log.warning(
+        self._log.warning(
             "queue %s: periodic task %r skips its missed ticks up to %s (missed=skip)",
             self.queue,
             s.name,
@@ -278,7 +280,7 @@ class Periodic:
             added = await call(lambda: scripts.add(token, [entry], options), "periodic add")
             job_id = added.ids[0]
         except TagBacklogFullError as e:
-            log.warning("queue %s: periodic task %r skips tick %s: %s", self.queue, s.name,
+            self._log.warning("queue %s: periodic task %r skips tick %s: %s", self.queue, s.name,
                         _iso(tick), e)  # fmt: skip
         await call(lambda: self._record(redis, s, tick, job_id), "periodic record")
 

@@ -93,7 +93,7 @@ class QueueService:
         self._redis = redis
         self._scripts = scripts
         self._closed = False
-        self._waiters = Waiters(redis, self._keys.done_channel)
+        self._waiters = Waiters(redis, self._keys.done_channel, self.name)
 
     async def aclose(self) -> None:
         """Called by ``AffinityQueue.aclose()``: later calls raise instead of reconnecting."""
@@ -344,38 +344,50 @@ class QueueService:
     ) -> FailedPage:
         """Dead letters matching every filter given, newest first, from rank ``cursor`` on.
 
-        No index holds dead letters by type, tag or error, so this reads at most ``window``
-        entries of the dead-letter set (three fields each) and says where to go on."""
+        Each filter has an index of its own (``failed-by:*``, kept by the scripts), so one
+        filter reads just the page it shows; with several, the smallest index is read and its
+        entries are checked for membership in the others (``ZSCORE``, no record read), at most
+        ``window`` of them per call (then the page says where to go on). ``cursor`` is a rank
+        in the index read, newest first."""
         self._check_open()
         keys, cursor = self._keys, max(0, cursor)
+        wanted = {"type": type, "tag": identify_tag, "error": error_type}
+        given = [keys.failed_by(f, v) for f, v in wanted.items() if v is not None]
+
+        async def sizes() -> list[int]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key in given:
+                    pipe.zcard(key)
+                return await pipe.execute()
+
+        index, others = keys.failed, given
+        if given:
+            _, index = min(zip(await self._guard(sizes), given, strict=True))
+            others = [key for key in given if key != index]
 
         async def read(start: int, n: int) -> tuple[int, list[str], list[Any]]:
-            total: int = await self._redis.zcard(keys.failed)
-            ids: list[str] = await self._redis.zrevrange(keys.failed, start, start + n - 1)  # type: ignore[assignment]
             async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.zcard(index)
+                pipe.zrevrange(index, start, start + n - 1)
+                total, ids = await pipe.execute()
                 for job_id in ids:
-                    pipe.hmget(keys.job(job_id), "type", "tag", "error")
-                return total, ids, await pipe.execute()
+                    for key in others:
+                        pipe.zscore(key, job_id)
+                return total, ids, await pipe.execute() if others and ids else []
 
         matched: list[str] = []
         examined, total = 0, 0
-        # Read in slices, so that an unfiltered page reads about ``limit`` entries, not ``window``.
         while examined < window and len(matched) < limit:
-            total, ids, fields = await self._guard(
-                partial(read, cursor + examined, min(max(limit, 100), window - examined))
-            )
-            for job_id, (t, tag, error) in zip(ids, fields, strict=True):
+            # Without other filters every entry matches: read just the page.
+            n = min(limit - len(matched) if not others else max(limit, 100), window - examined)
+            total, ids, scores = await self._guard(partial(read, cursor + examined, n))
+            for i, job_id in enumerate(ids):
                 examined += 1
-                if (
-                    t is not None
-                    and (type is None or t == type)
-                    and (identify_tag is None or tag == identify_tag)
-                    and (error_type is None or _error_type(error) == error_type)
-                ):
+                if all(x is not None for x in scores[i * len(others) : (i + 1) * len(others)]):
                     matched.append(job_id)
                     if len(matched) == limit:
                         break
-            if not ids:
+            if len(ids) < n:
                 break
         end = cursor + examined
         return FailedPage(
@@ -446,6 +458,7 @@ class QueueService:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.hget(keys.config, "concurrency")
                 for tid in tids:
+                    pipe.zscore(keys.backlog, tid)
                     pipe.llen(keys.tag_queue_id(tid))
                     pipe.lindex(keys.tag_queue_id(tid), 0)
                     pipe.zrange(keys.bound(tid), 0, -1, withscores=True)
@@ -455,7 +468,7 @@ class QueueService:
                     pipe.zscore(keys.ready_new, tid)
                 first = await pipe.execute()
                 for i in range(len(tids)):
-                    head = first[1 + 7 * i + 1]
+                    head = first[1 + 8 * i + 2]
                     pipe.hget(keys.job(head or "none"), "created")
                 return first, await pipe.execute()
 
@@ -463,11 +476,12 @@ class QueueService:
         default = default or self.settings.identify_tag_concurrency.default
         tags = []
         for i, tag in enumerate(identify_tags):
-            n, head, bound, limit, paused, in_bound, in_new = rows[7 * i : 7 * i + 7]
+            waiting, n, head, bound, limit, paused, in_bound, in_new = rows[8 * i : 8 * i + 8]
             tags.append(
                 TagInfo(
                     identify_tag=tag,
                     pending=n,
+                    backlog=int(waiting or 0),
                     oldest_job_id=head,
                     oldest_created_at=_from_ms(created[i]),
                     bound_workers={w: int(b) for w, b in bound},
@@ -498,51 +512,71 @@ class QueueService:
         ranked = sorted([*bound, *new], key=lambda m: m[1])[:limit]
         return [tag_from_id(tid) for tid, _ in ranked]
 
-    async def search_tags(
-        self, prefix: str, limit: int = 50, budget: int = 20_000
-    ) -> tuple[list[str], bool]:
-        """Tags starting with ``prefix`` among the tags workers hold, the tags with placeable
-        work and the paused tags, and whether the search was complete. There is no index of
-        every tag by name: this reads the live workers' states and walks those sets with
-        ``ZSCAN``/``SSCAN`` (never the keyspace) until ``budget`` entries."""
+    async def search_tags(self, prefix: str, limit: int = 50) -> tuple[list[str], bool]:
+        """Tags starting with ``prefix`` (in byte order) that have work waiting, or that a
+        worker holds, and whether that is all of them. Reads the tag index (``ZRANGEBYLEX``:
+        a tag prefix is a hex prefix of its id) and the live workers' states, never a scan."""
         self._check_open()
         keys, hex_prefix = self._keys, tag_id(prefix)
-        pattern = hex_prefix + "*"  # hex holds no glob character
 
-        async def held() -> list[Any]:
-            workers: list[str] = await self._redis.zrange(keys.workers, 0, budget - 1)  # type: ignore[assignment]
+        async def read() -> tuple[list[str], list[Any]]:
             async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.zrangebylex(
+                    keys.tag_names, f"[{hex_prefix}", f"({hex_prefix}g", start=0, num=limit + 1
+                )
+                pipe.zrange(keys.workers, 0, -1)
+                named, workers = await pipe.execute()
                 for wid in workers:
                     pipe.hget(keys.worker_state(wid), "tid")
-                return await pipe.execute()
+                return named, await pipe.execute()
 
-        found: dict[str, None] = {
-            tag_from_id(tid): None
-            for tid in await self._guard(held)
-            if tid and tid.startswith(hex_prefix)
-        }
-        seen = len(found)
-        for key in (keys.ready_bound, keys.ready_new, keys.paused_tags):
-            cursor = 0
-            while True:
-                if seen >= budget or len(found) >= limit:
-                    return list(found)[:limit], False
-                page: tuple[int, Any] = await self._guard(
-                    partial(
-                        self._redis.sscan if key == keys.paused_tags else self._redis.zscan,
-                        key,
-                        cursor,
-                        match=pattern,
-                        count=1000,
-                    )
-                )
-                cursor, members = page
-                seen += 1000
-                for m in members:
-                    found[tag_from_id(m if isinstance(m, str) else m[0])] = None
-                if cursor == 0:
-                    break
-        return list(found)[:limit], True
+        named, held = await self._guard(read)
+        found = dict.fromkeys(
+            [*named[:limit], *sorted(t for t in held if t and t.startswith(hex_prefix))]
+        )
+        complete = len(named) <= limit and len(found) <= limit
+        return [tag_from_id(t) for t in list(found)[:limit]], complete
+
+    async def busiest_tags(self, limit: int = 20) -> list[tuple[str, int]]:
+        """The tags with the most jobs waiting to start, most first, with that number: one
+        read of the tag index whatever the number of tags."""
+        self._check_open()
+        if limit <= 0:
+            return []
+        ranked: list[tuple[str, float]] = await self._guard(
+            partial(self._redis.zrevrange, self._keys.backlog, 0, limit - 1, withscores=True)  # type: ignore[arg-type]
+        )
+        return [(tag_from_id(tid), int(n)) for tid, n in ranked]
+
+    async def count_tags(self) -> int:
+        """How many tags have jobs waiting to start."""
+        self._check_open()
+        n: int = await self._guard(partial(self._redis.zcard, self._keys.backlog))
+        return n
+
+    async def list_tag_finished(self, identify_tag: str, limit: int = 20) -> list[Job]:
+        """A tag's newest finished jobs still retained, newest first (at most 20 are kept)."""
+        self._check_open()
+        ids: list[str] = await self._guard(
+            partial(self._redis.lrange, self._keys.tag_done(tag_id(identify_tag)), 0, limit - 1)  # type: ignore[arg-type]
+        )
+        return await self.get_jobs(ids)
+
+    async def list_tag_assigned(self, identify_tag: str, limit: int = 50) -> list[Job]:
+        """Jobs of a tag queued to the workers bound to it, in the order each will run them:
+        the bound workers' queues, ``limit`` entries at most."""
+        self._check_open()
+        keys = self._keys
+
+        async def read() -> list[str]:
+            workers: list[str] = await self._redis.zrange(keys.bound(tag_id(identify_tag)), 0, -1)  # type: ignore[assignment]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for wid in workers:
+                    pipe.lrange(keys.worker_queue(wid), 0, limit - 1)
+                queued: list[list[str]] = await pipe.execute()
+            return [i for ids in queued for i in ids][:limit]
+
+        return await self.get_jobs(await self._guard(read))
 
     async def activity(self, minutes: int = 15, sample: int = 20) -> list[ActivityBucket]:
         """Jobs finished and failed per minute over the last ``minutes``, with the mean wait of
@@ -673,10 +707,24 @@ class QueueService:
                     pipe.llen(keys.worker_queue(wid))
                 return await pipe.execute()
 
+        async def running() -> list[Any]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for job_id in active:
+                    pipe.hmget(keys.job(job_id), "started", "progress")
+                return await pipe.execute()
+
         counts, worker_ids, leader, periodic = await self._guard(overview)
         per_worker = await self._guard(per_worker_state) if worker_ids else []
+        # One field pair per running job (bounded by the workers, and progress by its size cap).
+        active = [h.get("active") for h in per_worker[0::2] if h.get("active")]
+        times = dict(zip(active, await self._guard(running), strict=True)) if active else {}
         workers = [
-            WorkerState.from_redis(wid, per_worker[2 * i], per_worker[2 * i + 1])
+            WorkerState.from_redis(
+                wid,
+                per_worker[2 * i],
+                per_worker[2 * i + 1],
+                times.get(per_worker[2 * i].get("active"), (None, None)),
+            )
             for i, wid in enumerate(worker_ids)
         ]
         return QueueStats(
@@ -732,13 +780,6 @@ class QueueService:
                 raise
             await asyncio.sleep(delay_s)
             delay_s = min(delay_s * 2, 0.5)
-
-
-def _error_type(error: str | None) -> str | None:
-    try:
-        return str(json.loads(error)["type"]) if error else None
-    except (ValueError, KeyError, TypeError):
-        return None
 
 
 def _ready(in_bound: float | None, in_new: float | None) -> str | None:

@@ -12,6 +12,8 @@ from redis.exceptions import AuthenticationError, BusyLoadingError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .observability.logs import queue_log
+
 T = TypeVar("T")
 
 RedisTrouble: tuple[type[BaseException], ...] = (
@@ -50,8 +52,9 @@ class Connectivity:
     """
 
     def __init__(self, queue: str, log: logging.Logger) -> None:
+        """``log``: where this queue's faults are reported (its records carry ``queue``)."""
         self.queue = queue
-        self._log = log
+        self._log = queue_log(log, queue)
         self._failing = 0
         self._reported: set[str] = set()
 

@@ -23,6 +23,7 @@ from .aio import cancel_and_wait, supervise
 from .errors import ConfigMismatchError, NotLeaderError
 from .keys import tag_id
 from .lua import TermConfig
+from .observability.logs import named_ids, queue_log
 from .periodic import Periodic
 from .retry import RedisTrouble
 from .runtime import QueueRuntime
@@ -46,6 +47,7 @@ LEASE_SAFETY = 0.8
 class Scheduler(QueueRuntime):
     def __post_init__(self) -> None:
         super().__post_init__()
+        self._log = queue_log(log, self.name)
         self.node_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         self._token = secrets.token_hex(16)
         self._fence = 0
@@ -70,6 +72,7 @@ class Scheduler(QueueRuntime):
             name=f"aq-scheduler-{self.name}",
             what=f"queue {self.name}: scheduler",
             running=self._runs,
+            logger=self._log,
         )
 
     def _runs(self) -> bool:
@@ -80,7 +83,7 @@ class Scheduler(QueueRuntime):
         self._stopping = True
         try:
             if self._task:
-                await cancel_and_wait([self._task])
+                await cancel_and_wait([self._task], logger=self._log)
                 self._task = None
             # Not `if self._fence`: cancelling the term's task already reset it to 0. Resigning
             # is compare-and-delete on our token: it does nothing when this node does not lead.
@@ -109,7 +112,7 @@ class Scheduler(QueueRuntime):
                     what="election",
                 )
             except ConfigMismatchError as e:
-                log.error("%s; this scheduler stops", e)
+                self._log.error("%s; this scheduler stops", e)
                 self._stopping = True  # for good: its supervisor must not restart it
                 return
             if not fence:
@@ -120,7 +123,7 @@ class Scheduler(QueueRuntime):
                 continue
             self._fence = fence
             self._valid_until = asked_at + s.election_lock_ttl_ms / 1000 * LEASE_SAFETY
-            log.info(
+            self._log.info(
                 "queue %s: node %s leads (fence %d)",
                 self.name,
                 self.node_id,
@@ -134,7 +137,7 @@ class Scheduler(QueueRuntime):
             except NotLeaderError:
                 if self.metrics is not None:
                     self.metrics.fenced()
-                log.warning(
+                self._log.warning(
                     "queue %s: node %s lost the leadership",
                     self.name,
                     self.node_id,
@@ -154,11 +157,12 @@ class Scheduler(QueueRuntime):
             name=f"aq-renew-{self.name}",
             what=f"queue {self.name}: leader lease renewal",
             running=lambda: self.is_leader and not self._stopping,
+            logger=self._log,
         )
         try:
             await self._dispatch_loop()
         finally:
-            await cancel_and_wait([renewing])
+            await cancel_and_wait([renewing], logger=self._log)
 
     async def _renew_loop(self) -> None:
         s = self.settings
@@ -212,16 +216,17 @@ class Scheduler(QueueRuntime):
         (every per-worker key is written only while its lease is valid, so nothing needs a
         keyspace scan). Returns whether expired workers are left for the next round."""
         reap = partial(self._scripts.reap, self._fence, REAP_BUDGET)
-        workers, jobs, more = await self._leader_call(reap, "reap")
+        workers, jobs, more, ids = await self._leader_call(reap, "reap")
         if workers and self.metrics is not None:
             self.metrics.recovered(workers)
         if workers or jobs:
-            log.warning(
-                "queue %s: recovered %d dead worker(s), %d job(s) back to their tags",
+            self._log.warning(
+                "queue %s: recovered %d dead worker(s), %d job(s) back to their tags: %s",
                 self.name,
                 workers,
                 jobs,
-                extra={"queue": self.name},
+                named_ids(ids, jobs),
+                extra={"job_ids": ids},
             )
         return more
 

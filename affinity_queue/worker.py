@@ -32,6 +32,7 @@ from .errors import (
 )
 from .lua import RawJob
 from .models import JobContext, TagEvent
+from .observability.logs import NAMED_IDS, named_ids, queue_log
 from .queue import dumps
 from .retry import RedisTrouble
 from .runtime import QueueRuntime
@@ -234,6 +235,7 @@ class WorkerService(QueueRuntime):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self._log = queue_log(log, self.name)
         self._handlers: dict[str, _Handler] = {}
         self._stopping = False
         self._slots: dict[int, asyncio.Task[None]] = {}
@@ -341,7 +343,7 @@ class WorkerService(QueueRuntime):
             try:
                 await _call_hook(hook)
             except Exception:
-                log.exception("queue %s: the on_shutdown hook %r raised", self.name, hook)
+                self._log.exception("queue %s: the on_shutdown hook %r raised", self.name, hook)
 
     def _spawn(self, coro: Awaitable[Any], what: str) -> None:
         """Run ``coro`` in the background; a failure is logged, never raised."""
@@ -350,7 +352,7 @@ class WorkerService(QueueRuntime):
             try:
                 await coro
             except Exception as e:
-                log.warning("queue %s: %s failed: %r", self.name, what, e)
+                self._log.warning("queue %s: %s failed: %r", self.name, what, e)
 
         task = asyncio.ensure_future(guarded())
         self._background.add(task)
@@ -373,6 +375,7 @@ class WorkerService(QueueRuntime):
                 name=f"aq-worker-{self.name}-{slot}",
                 what=f"queue {self.name}: worker slot {slot}",
                 running=self._runs,
+                logger=self._log,
             )
             for slot in range(self.settings.worker_count)
         }
@@ -381,6 +384,7 @@ class WorkerService(QueueRuntime):
             name=f"aq-hb-{self.name}",
             what=f"queue {self.name}: heartbeats",
             running=self._runs,
+            logger=self._log,
         )
 
     def _runs(self) -> bool:
@@ -407,7 +411,7 @@ class WorkerService(QueueRuntime):
         idle = [slot for slot in self._slots if slot not in busy]
         # An idle worker waits on Redis or holds a job it has not started: cancel it, and
         # deregistering hands back whatever it was given.
-        await cancel_and_wait([self._slots[slot] for slot in idle])
+        await cancel_and_wait([self._slots[slot] for slot in idle], logger=self._log)
         left = self._ids(idle)
         await asyncio.gather(
             self._each("deregister", self._deregister, left),
@@ -418,13 +422,15 @@ class WorkerService(QueueRuntime):
         late = [task for task in busy.values() if not task.done()]
         for run in self._running.values():
             run.ctx.cancelled = True
-        await cancel_and_wait([*late, *([self._heartbeat] if self._heartbeat else [])])
+        await cancel_and_wait(
+            [*late, *([self._heartbeat] if self._heartbeat else [])], logger=self._log
+        )
         pending = [run.done for run in self._running.values() if not run.done.done()]
         if pending:  # cancelled async handlers, on their way out
             await asyncio.wait(pending, timeout=HANDLER_STOP_S)
         for wid, run in self._running.items():
             if not run.done.done():
-                log.warning(
+                self._log.warning(
                     "queue %s: worker %s: the handler of job %s (type %r, tag %r) still runs "
                     "after SHUTDOWN_GRACE_PERIOD; the worker keeps its tag until its lease "
                     "lapses (HEARTBEAT_TIMEOUT), then the leader hands the job back",
@@ -455,7 +461,7 @@ class WorkerService(QueueRuntime):
             if isinstance(result, (LeaseLostError, *RedisTrouble)):
                 continue  # the leader recovered it already, or its lease lapses with Redis gone
             if isinstance(result, BaseException):
-                log.warning(
+                self._log.warning(
                     "queue %s: could not %s worker %s (%s: %s); its lease lapses after "
                     "HEARTBEAT_TIMEOUT and the leader recovers it",
                     self.name,
@@ -471,9 +477,22 @@ class WorkerService(QueueRuntime):
             pass
 
     async def _deregister(self, wid: str) -> None:
-        """Hand every job of the worker back, one slice per call, until it is gone."""
-        while not (await self._scripts.deregister(wid, HAND_BACK_BUDGET))[1]:
-            pass
+        """Hand every job of the worker back, one slice per call, until it is gone; the jobs
+        handed back are logged (the first few by id)."""
+        total, gone, named = 0, False, list[str]()
+        while not gone:
+            n, gone, ids = await self._scripts.deregister(wid, HAND_BACK_BUDGET)
+            total += n
+            named += ids[: NAMED_IDS - len(named)]
+        if total:
+            self._log.info(
+                "queue %s: worker %s left; %d job(s) back to their tags: %s",
+                self.name,
+                wid,
+                total,
+                named_ids(named, total),
+                extra={"worker_id": wid, "job_ids": named},
+            )
 
     # -- the loops --------------------------------------------------------------------------
     async def _run_slot(self, slot: int) -> None:
@@ -483,18 +502,21 @@ class WorkerService(QueueRuntime):
             try:
                 wid = await self._register(slot)
             except ConfigMismatchError as e:
-                log.error("%s; this worker stops", e)
+                self._log.error("%s; this worker stops", e)
                 self._stopping = True  # every slot: none may join the queue
                 return
             try:
                 await self._work(slot, wid)
                 return
-            except LeaseLostError:
-                log.warning(
-                    "queue %s: worker %s lost its lease; re-registering under a new id",
+            except LeaseLostError as e:
+                running = f"; its run of job {e.job_id} was refused" if e.job_id else ""
+                self._log.warning(
+                    "queue %s: worker %s lost its lease%s; the leader hands its jobs back; "
+                    "re-registering under a new id",
                     self.name,
                     wid,
-                    extra={"queue": self.name, "worker_id": wid},
+                    running,
+                    extra={"worker_id": wid, "job_id": e.job_id},
                 )
                 await self._release(slot, wid, "lease_expired")
             except Exception:
@@ -521,7 +543,7 @@ class WorkerService(QueueRuntime):
         )
         epoch = await self._net.retry(register, what=f"worker {wid}: register")
         if self._epoch and epoch != self._epoch:
-            log.error("%s", DataLostError(self.name))
+            self._log.error("%s", DataLostError(self.name))
         self._epoch = epoch
         self._worker_ids[slot] = wid
         return wid
@@ -556,7 +578,12 @@ class WorkerService(QueueRuntime):
                 outcome = await self._execute(wid, job, tag_state, refused)
                 if self.metrics is not None:
                     self.metrics.finished(job.type, outcome.kind, time.perf_counter() - began)
-                job = await self._advance(wid, job, outcome)
+                finished = job.id
+                try:
+                    job = await self._advance(wid, job, outcome)
+                except LeaseLostError as e:
+                    e.job_id = finished
+                    raise
                 refused = await self._track(slot, wid, job, outcome)
             finally:
                 self._busy.discard(slot)
@@ -582,7 +609,7 @@ class WorkerService(QueueRuntime):
         if job is None:
             return None
         if self.metrics is not None:
-            self.metrics.started(self._scripts, job.id, job.type)
+            self.metrics.started(job.type, job.wait_ms)
         if binding is None:
             binding = _Binding(job.identify_tag)
             event = TagEvent(self.name, job.identify_tag, wid, binding.state)
@@ -606,7 +633,7 @@ class WorkerService(QueueRuntime):
             try:
                 await _call_hook(hook, event)
             except Exception:
-                log.exception(
+                self._log.exception(
                     "queue %s: the on_tag_released hook %r raised (tag %r, worker %s, %s)",
                     self.name,
                     hook,
@@ -760,7 +787,7 @@ class WorkerService(QueueRuntime):
 
     def _overran(self, job: RawJob, ctx: JobContext, timeout_s: float | None) -> None:
         ctx.cancelled = True
-        log.warning(
+        self._log.warning(
             "queue %s: job %s (type %r, tag %r) ran past its timeout of %s s; ctx.cancelled is "
             "set, and the worker holds the tag until the handler returns",
             self.name,
@@ -785,7 +812,7 @@ class WorkerService(QueueRuntime):
                 self.settings.retry_backoff_max_ms, job.backoff_ms * 2 ** (job.attempts - 1)
             )
             delay_ms = round(random.uniform(0, ceiling))
-        log.warning(
+        self._log.warning(
             "queue %s: job %s (type %r, tag %r) attempt %d/%d failed: %s; retry in %d ms",
             self.name,
             job.id,
@@ -808,7 +835,7 @@ class WorkerService(QueueRuntime):
         wid: str = "",
     ) -> _Outcome:
         """Failed for good: logged at ERROR, with the traceback (only here, not per retry)."""
-        log.error(
+        self._log.error(
             "queue %s: job %s (type %r, tag %r) failed at attempt %d/%d: %s",
             self.name,
             job.id,

@@ -1,8 +1,9 @@
 """Dashboard page timings at scale: every page read through indexes with limits.
 
-Fills a private redis-server with DEAD dead letters (real failures, through real workers), then
-PENDING pending jobs over TAGS tags (the queue paused, so they stay pending), and times each
-page (median and max of 5 requests through the ASGI app, no network)::
+Fills a private redis-server with DEAD dead letters (real failures, through real workers: one in
+ten of type ``boom-key`` failing with KeyError, the others ``boom`` with ValueError, over 1,000
+tags), then PENDING pending jobs over TAGS tags (the queue paused, so they stay pending), and
+times each page (median and max of 5 requests through the ASGI app, no network)::
 
     .venv/bin/python -m bench.dashboard --pending 1000000 --tags 100000 --dead 100000
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import statistics
 import time
 from typing import Any
@@ -24,7 +26,10 @@ from bench.env import private_redis
 
 async def fill(aq: AffinityQueue, pending: int, tags: int, dead: int) -> None:
     q = aq.queue()
-    failing = ({"type": "boom", "identifyTag": f"dead-{i % 1000}"} for i in range(dead))
+    failing = (
+        {"type": "boom-key" if i % 10 == 0 else "boom", "identifyTag": f"dead-{i % 1000}"}
+        for i in range(dead)
+    )
     await q.add_bulk(failing)
     while (await q.get_config())["dead_letters"] < dead:  # noqa: ASYNC110 - a bench, polling Redis
         await asyncio.sleep(0.5)
@@ -51,7 +56,11 @@ async def time_pages(aq: AffinityQueue) -> dict[str, tuple[float, float]]:
         "jobs by tag": "/q/default/jobs?status=pending&tag=tenant-7&offset=0",
         "jobs failed": "/q/default/jobs?status=failed&offset=50",
         "dead letters": "/q/default/failed",
-        "dead letters filtered": "/q/default/failed?error=KeyError",
+        "dead letters, rank 50,000": "/q/default/failed?cursor=50000",
+        "dead letters by error (1 in 10)": "/q/default/failed?error=KeyError",
+        "dead letters by type": "/q/default/failed?type=boom",
+        "dead letters by tag": "/q/default/failed?tag=dead-7",
+        "dead letters, 2 filters, no match": "/q/default/failed?type=boom&error=KeyError",
         "job": "",
     }
     out = {}
@@ -70,6 +79,8 @@ async def time_pages(aq: AffinityQueue) -> dict[str, tuple[float, float]]:
 
 
 async def main(args: argparse.Namespace) -> None:
+    # The failures are the point: a line and a traceback for each would dominate the fill.
+    logging.getLogger("affinity_queue.worker").setLevel(logging.CRITICAL)
     with private_redis() as server:
         settings = QueueSettings(
             _env_file=None, redis_url=server.url, worker_count=20, max_attempts=1
@@ -79,6 +90,10 @@ async def main(args: argparse.Namespace) -> None:
         @aq.handler("boom")
         async def boom(payload: Any) -> None:
             raise ValueError("benchmark failure")
+
+        @aq.handler("boom-key")
+        async def boom_key(payload: Any) -> None:
+            raise KeyError("benchmark failure")
 
         async with aq:
             t = time.perf_counter()

@@ -72,6 +72,8 @@ def state(settings: QueueSettings) -> dict[str, Any]:
 def test_read_commands(work, capsys) -> None:
     (tag,) = cli_json(capsys, "tags", "--tag", "held")
     assert tag["identify_tag"] == "held" and tag["pending"] == 2 and tag["paused"] is True
+    busiest = cli_json(capsys, "tags", "--by", "backlog")  # paused: waiting, still listed
+    assert [(t["identify_tag"], t["backlog"]) for t in busiest] == [("held", 2)]
     jobs = cli_json(capsys, "jobs", "--tag", "held", "--status", "pending")
     assert [j["id"] for j in jobs] == work["pending"]
     job = cli_json(capsys, "job", work["dead"])

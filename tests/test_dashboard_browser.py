@@ -107,8 +107,20 @@ async def test_pages_show_work_and_faults_and_actions_act(served, tmp_path) -> N
             await page.get_by_role("button", name="Search").click()
             await page.get_by_role("link", name="tenant-p").first.wait_for()
             await page.screenshot(path=shots / "tags.png", full_page=True)
+            busiest = page.locator("h2:has-text('Busiest') + table")
+            assert "tenant-x" in await busiest.inner_text()  # two queued behind the running one
 
-            await page.goto(f"{url}/q/default/failed")
+            await page.goto(f"{url}/q/default/tags/{tag_id('tenant-x')}")
+            assigned = await page.locator("h2:has-text('Assigned') + table").inner_text()
+            assert held[1].id in assigned and held[2].id in assigned
+            await page.screenshot(path=shots / "tag.png", full_page=True)
+            await page.goto(f"{url}/q/default/tags/{tag_id('tenant-f')}")
+            finished = await page.locator("h2:has-text('Recently finished') + table").inner_text()
+            assert dead.id in finished and "failed" in finished
+
+            await page.goto(f"{url}/q/default/failed?error=KeyError")
+            await page.get_by_text("no dead letters match").wait_for()
+            await page.goto(f"{url}/q/default/failed?error=ValueError")
             letter = page.locator("tr.dead", has_text=dead.id)
             await letter.locator("summary").click()
             text = await letter.inner_text()

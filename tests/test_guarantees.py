@@ -286,7 +286,7 @@ async def test_reap_hands_back_a_long_queue_in_slices_and_in_order(engine: Engin
     await wait_for(lambda: redis_ms(engine.redis), lambda t: t > expiry, what="the lease to expire")
     calls = []
     while True:
-        _, jobs, more = await engine.scripts.reap(engine.fence, 500)
+        _, jobs, more, _ = await engine.scripts.reap(engine.fence, 500)
         calls.append(jobs)
         assert jobs <= 500
         if not more:

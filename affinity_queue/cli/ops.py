@@ -32,7 +32,8 @@ ID = "12-3f2a9c0d1e2b4c5d"
 # name: (help, example, destructive)
 COMMANDS: dict[str, tuple[str, str, bool]] = {
     "workers": ("list live workers: tag, batch, queue length, running job", "workers", False),
-    "tags": ("the longest-waiting tags, or one tag (--tag)", "tags --top 20", False),
+    "tags": ("the longest-waiting or busiest tags, or one tag (--tag)",
+             "tags --top 20 --by backlog", False),
     "jobs": ("list jobs by status (pending ones need --tag)", "jobs --tag t1 --status pending",
              False),
     "job": ("show one job (searched in every queue)", f"job {ID}", False),
@@ -90,6 +91,12 @@ def add_commands(commands: Any) -> None:
             p.add_argument("--tag", help="one tag")
         if name == "tags":
             p.add_argument("--top", type=int, default=20, metavar="N")
+            p.add_argument(
+                "--by",
+                choices=("wait", "backlog"),
+                default="wait",
+                help="wait: longest-waiting placeable tags; backlog: most jobs waiting to start",
+            )
         if name == "jobs":
             p.add_argument("--status", required=True, choices=list(_LISTERS))
         if name in ("jobs", "failed"):
@@ -151,6 +158,8 @@ def _emit(args: argparse.Namespace, rows: list[dict[str, Any]], columns: Sequenc
 
 
 def _cell(value: Any) -> str:
+    if isinstance(value, dict | list):  # a progress value: JSON, as --json prints it
+        return json.dumps(value, ensure_ascii=False)
     return "-" if value is None or value == "" else str(value)
 
 
@@ -175,6 +184,8 @@ def _job_row(j: Job) -> dict[str, Any]:
     return row
 
 
+WORKER_COLUMNS = ("queue", "worker_id", "status", "current_identify_tag", "batch", "queue_length",
+                  "active_job_id", "active_job_progress", "host", "pid")  # fmt: skip
 JOB_COLUMNS = ("id", "type", "identify_tag", "status", "attempts", "created_at", "worker_id")
 
 
@@ -196,24 +207,28 @@ async def _workers(args: argparse.Namespace, queues: list[QueueService]) -> int:
     for q in queues:
         stats, config = await q.get_queue_stats(), await q.get_config()
         for w in stats.workers:
-            row = w.model_dump(by_alias=False)
+            row = w.model_dump(mode="json", by_alias=False)
             row.update(queue=q.name, batch=f"{w.current_batch_size}/{config['max_batch_size']}")
             rows.append(row)
-    _emit(args, rows, ("queue", "worker_id", "host", "pid", "status", "current_identify_tag",
-                       "batch", "queue_length", "active_job_id"))  # fmt: skip
+    _emit(args, rows, WORKER_COLUMNS)
     return EXIT_OK
 
 
 async def _tags(args: argparse.Namespace, queues: list[QueueService]) -> int:
     rows = []
     for q in queues:
-        names = [args.tag] if args.tag else await q.waiting_tags(max(1, args.top))
+        if args.tag:
+            names = [args.tag]
+        elif args.by == "backlog":
+            names = [t for t, _ in await q.busiest_tags(max(1, args.top))]
+        else:
+            names = await q.waiting_tags(max(1, args.top))
         for t in await q.get_tags(names):
             row = t.model_dump(by_alias=False)
             row.update(queue=q.name, bound_workers=len(t.bound_workers))
             rows.append(row)
-    _emit(args, rows, ("queue", "identify_tag", "pending", "oldest_created_at", "bound_workers",
-                       "limit", "paused", "ready"))  # fmt: skip
+    _emit(args, rows, ("queue", "identify_tag", "backlog", "pending", "oldest_created_at",
+                       "bound_workers", "limit", "paused", "ready"))  # fmt: skip
     return EXIT_OK
 
 

@@ -166,7 +166,8 @@ class _Dashboard:
 
     async def _unavailable(self, request: Request, exc: Exception) -> Response:
         # The cause names Redis's address: it goes to the log only.
-        log.warning("dashboard %s: %s", request.url.path, exc)
+        queue = getattr(exc, "queue", None)
+        log.warning("dashboard %s: %s", request.url.path, exc, extra={"queue": queue})
         return self.render(
             request, "error.html", 503, message="Redis is unavailable; try again shortly."
         )
@@ -263,12 +264,7 @@ class _Dashboard:
             names = [tag]
         else:
             names = []
-        stats = await q.get_queue_stats()
-        held = sorted({w.current_identify_tag for w in stats.workers if w.current_identify_tag})
-        waiting = await q.waiting_tags(PAGE)
-        # No index orders tags by backlog: "busiest" ranks the tags shown here by their length.
-        sample = await q.get_tags(sorted({*held, *waiting}))
-        busiest = sorted(sample, key=lambda t: -t.pending)[:10]
+        busiest = [t for t, _ in await q.busiest_tags(20)]
         return self.render(
             request,
             "tags.html",
@@ -277,8 +273,9 @@ class _Dashboard:
             match=match,
             found=await q.get_tags(names),
             complete=complete,
-            waiting=await q.get_tags(waiting),
-            busiest=busiest,
+            waiting=await q.get_tags(await q.waiting_tags(20)),
+            busiest=await q.get_tags(busiest),
+            with_work=await q.count_tags(),
         )
 
     async def tag(self, request: Request, queue: str, tid: str, offset: int = 0) -> Response:
@@ -302,6 +299,8 @@ class _Dashboard:
             page=PAGE,
             holders=holders,
             running=running,
+            assigned=await q.list_tag_assigned(name, PAGE),
+            finished=await q.list_tag_finished(name),
         )
 
     async def jobs(

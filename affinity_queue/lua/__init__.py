@@ -39,7 +39,6 @@ SCRIPT_NAMES = (
     "dispatch",
     "elect",
     "heartbeat",
-    "job_times",
     "pause",
     "progress",
     "reap",
@@ -92,10 +91,12 @@ class RawJob:
     max_attempts: int
     backoff_ms: int
     timeout_ms: int
+    wait_ms: int = 0
+    """From its add (or the end of its delay) to this start, in Redis time."""
 
     @classmethod
     def from_reply(cls, reply: list[Any]) -> RawJob:
-        job_id, type_, tag, payload, attempts, max_attempts, backoff, timeout = reply
+        job_id, type_, tag, payload, attempts, max_attempts, backoff, timeout, wait = reply
         return cls(
             job_id,
             type_,
@@ -105,6 +106,7 @@ class RawJob:
             int(max_attempts or 1),
             int(backoff or 0),
             int(timeout or 0),
+            int(wait),
         )
 
 
@@ -248,14 +250,6 @@ class Scripts:
     async def pause(self, token: str, on: bool, tid: str = "") -> None:
         await self._call("pause", token, int(on), tid)
 
-    async def job_times(self, job_ids: list[str]) -> list[tuple[int, int, int]]:
-        """(created, due, started) in ms of Redis time per job, 0 where unknown."""
-        flat = await self._call("job_times", *job_ids)
-        return [
-            (int(flat[i] or 0), int(flat[i + 1] or 0), int(flat[i + 2] or 0))
-            for i in range(0, len(flat), 3)
-        ]
-
     async def progress(self, worker_id: str, job_id: str, value_json: str) -> bool:
         """Store a running job's progress; False when it is no longer this worker's active
         job (nothing written)."""
@@ -289,20 +283,22 @@ class Scripts:
             cancel += flagged
         return lost, cancel
 
-    async def deregister(self, worker_id: str, budget: int) -> tuple[int, bool]:
-        """Hands back up to ``budget`` jobs; returns (jobs handed back, worker gone)."""
-        n, gone = await self._call("deregister", worker_id, budget, worker_id=worker_id)
-        return int(n), bool(gone)
+    async def deregister(self, worker_id: str, budget: int) -> tuple[int, bool, list[str]]:
+        """Hands back up to ``budget`` jobs; returns (jobs handed back, worker gone, the ids of
+        the first ten)."""
+        n, gone, ids = await self._call("deregister", worker_id, budget, worker_id=worker_id)
+        return int(n), bool(gone), list(ids)
 
     async def retire(self, worker_id: str, budget: int) -> tuple[int, bool]:
         """Hands back up to ``budget`` queued jobs; returns (jobs handed back, queue empty)."""
         n, empty = await self._call("retire", worker_id, budget, worker_id=worker_id)
         return int(n), bool(empty)
 
-    async def reap(self, fence: int, budget: int) -> tuple[int, int, bool]:
-        """Returns (workers recovered, jobs handed back, more expired workers left)."""
-        workers, jobs, more = await self._call("reap", fence, budget)
-        return int(workers), int(jobs), bool(more)
+    async def reap(self, fence: int, budget: int) -> tuple[int, int, bool, list[str]]:
+        """Returns (workers recovered, jobs handed back, more expired workers left, the ids of
+        the first ten jobs handed back)."""
+        workers, jobs, more, ids = await self._call("reap", fence, budget)
+        return int(workers), int(jobs), bool(more), list(ids)
 
     async def elect(
         self, token: str, ttl_ms: int, node: str, host: str, pid: int, config: TermConfig

@@ -38,6 +38,8 @@ local ERR_LAYOUT = -6
 local ERR_NEED_LIMITS = -7
 local REQUEST_TTL_MS = 120000  -- how long a request token's reply is kept for a retry
 local TRIM_SLICE = 20  -- most retention entries one finish removes (per rule: age, count)
+local TAG_DONE_KEEP = 20  -- finished job ids kept per tag for its page (K_TAG_DONE)
+local NAMED_IDS = 10  -- job ids a recovery names in its reply (for its log line)
 
 local function now_ms()
   local t = rcall('TIME')
@@ -70,6 +72,41 @@ end
 
 local function count(field, delta)
   if delta ~= 0 then rcall('HINCRBY', K_COUNTS, field, int(delta)) end
+end
+
+-- The tag index (keys.py, TAG INDEX): `delta` jobs of `tid` began (> 0) or stopped (< 0) waiting
+-- to start. A tag leaves both sets at zero, so they hold exactly the tags with work.
+local function backlog(tid, delta)
+  if delta == 0 or not tid or tid == '' then return end
+  local n = tonumber(rcall('ZINCRBY', K_BACKLOG, int(delta), tid))
+  if n <= 0 then
+    rcall('ZREM', K_BACKLOG, tid)
+    rcall('ZREM', K_TAG_NAMES, tid)
+  elseif n == delta then
+    rcall('ZADD', K_TAG_NAMES, 0, tid)
+  end
+end
+
+local function hex(s)
+  return (string.gsub(s, '.', function(c) return string.format('%02x', string.byte(c)) end))
+end
+
+-- The dead-letter indexes (K_FAILED_BY) a job with these record fields belongs to.
+local function failed_by_keys(kind, tid, error_json)
+  local out = {}
+  if kind then out[#out + 1] = K_FAILED_BY .. 'type:' .. hex(kind) end
+  if tid then out[#out + 1] = K_FAILED_BY .. 'tag:' .. tid end
+  local ok, e = pcall(cjson.decode, error_json or '')
+  if ok and type(e) == 'table' and type(e.type) == 'string' then
+    out[#out + 1] = K_FAILED_BY .. 'error:' .. hex(e.type)
+  end
+  return out
+end
+
+-- Take a dead letter out of its K_FAILED_BY indexes (before its record changes or goes).
+local function unindex_failed(id)
+  local f = rcall('HMGET', K_JOB .. id, 'type', 'tid', 'error')
+  for _, key in ipairs(failed_by_keys(f[1], f[2], f[3])) do rcall('ZREM', key, id) end
 end
 
 local function tag_limit(tid, cfg)
@@ -176,8 +213,9 @@ end
 
 -- Record the end of a job: its status and outcome, the retention index it joins (trimmed to
 -- the newest `keep` and to `ttl_ms`, TRIM_SLICE entries per call; each record expires after
--- `ttl_ms` by itself), and a notification when somebody waits for it. `field` is 'result' or
--- 'error'.
+-- `ttl_ms` by itself), its tag's list of finished jobs, and a notification when somebody waits
+-- for it. `field` is 'result' or 'error'. A dead letter also joins its K_FAILED_BY indexes,
+-- which age out like the dead-letter set (and expire whole when no failure joins them).
 local function finish(id, status, field, value, now)
   local job = K_JOB .. id
   rcall('HSET', job, 'status', status, 'finished', now, field, value)
@@ -187,12 +225,35 @@ local function finish(id, status, field, value, now)
   keep, ttl = tonumber(r[1]) or 100000, tonumber(r[2]) or 86400000
   rcall('PEXPIRE', job, ttl)
   rcall('ZADD', index, now, id)
+  local f = rcall('HMGET', job, 'tid', 'type', 'notify')
+  if f[1] then
+    -- Trimmed to TAG_DONE_KEEP once it holds twice that, and expiring `ttl` after it began
+    -- (like the records it names): about one command per finish, not three.
+    local done = K_TAG_DONE .. f[1]
+    local n = rcall('LPUSH', done, id)
+    if n == 1 then rcall('PEXPIRE', done, ttl) end
+    if n > 2 * TAG_DONE_KEEP then rcall('LTRIM', done, 0, TAG_DONE_KEEP - 1) end
+  end
+  if index == K_FAILED then
+    for _, key in ipairs(failed_by_keys(f[2], f[1], value)) do
+      rcall('ZADD', key, now, id)
+      local old = rcall('ZRANGEBYSCORE', key, '-inf', now - ttl, 'LIMIT', 0, TRIM_SLICE)
+      if #old > 0 then rcall('ZREM', key, unpack(old)) end
+      rcall('PEXPIRE', key, ttl)
+    end
+  end
   local expired = rcall('ZRANGEBYSCORE', index, '-inf', now - ttl, 'LIMIT', 0, TRIM_SLICE)
-  if #expired > 0 then rcall('ZREM', index, unpack(expired)) end
+  if #expired > 0 then
+    if index == K_FAILED then
+      for _, old in ipairs(expired) do unindex_failed(old) end
+    end
+    rcall('ZREM', index, unpack(expired))
+  end
   local excess = math.min(rcall('ZCARD', index) - keep, TRIM_SLICE)
   if excess > 0 then
     local popped = rcall('ZPOPMIN', index, excess)
     for i = 1, #popped, 2 do  -- member, score, member, score ...
+      if index == K_FAILED then unindex_failed(popped[i]) end
       -- A record somebody still waits for lives a few seconds past the wait, so wait_for can
       -- read it after its wake-up.
       local old = K_JOB .. popped[i]
@@ -207,7 +268,7 @@ local function finish(id, status, field, value, now)
     end
   end
   count(status, 1)
-  if (tonumber(rcall('HGET', job, 'notify')) or 0) >= now then rcall('PUBLISH', K_DONE, id) end
+  if (tonumber(f[3]) or 0) >= now then rcall('PUBLISH', K_DONE, id) end
 end
 
 -- Append one failed attempt (a JSON object) to the job's history (a JSON array).
@@ -222,8 +283,9 @@ end
 -- Put jobs back at the front of their tags, keeping the order of `ids`; status pending again.
 -- Adds every tag touched to the set `tids`; returns how many jobs went back (an id whose job
 -- record is gone is dropped). A job whose cancellation was requested while it ran ends
--- cancelled instead: it must not run again.
-local function requeue_front(ids, tids, now)
+-- cancelled instead: it must not run again. `queued_tid` is the tag of the worker whose queue
+-- held the ids (they count in its backlog already), or nil for a job that had started.
+local function requeue_front(ids, tids, now, queued_tid)
   local n = 0
   for i = #ids, 1, -1 do
     local job = K_JOB .. ids[i]
@@ -237,13 +299,20 @@ local function requeue_front(ids, tids, now)
       tids[f[1]] = true
       n = n + 1
     end
+    if queued_tid and not f[1] then
+      backlog(queued_tid, -1)
+    elseif queued_tid and f[2] == '1' then
+      backlog(f[1], -1)
+    elseif not queued_tid and f[1] and f[2] ~= '1' then
+      backlog(f[1], 1)
+    end
   end
   return n
 end
 
 -- Move the last `budget` (>= 1) jobs queued to worker `w` back to the front of their tag; the
 -- worker takes nothing new meanwhile (its batch is marked full, it leaves the idle set).
--- Returns the number of jobs moved and whether its queue is now empty.
+-- Returns the number of jobs moved, whether its queue is now empty, and their ids.
 local function unqueue(w, cfg, budget, tids, now)
   local state = K_WS .. w
   rcall('HSET', state, 'retiring', '1')
@@ -256,27 +325,30 @@ local function unqueue(w, cfg, budget, tids, now)
   local slice = rcall('LRANGE', K_WQ .. w, -budget, -1)
   rcall('LTRIM', K_WQ .. w, 0, -#slice - 1)
   count('assigned', -#slice)
-  count('pending', requeue_front(slice, tids, now))
-  return #slice, rcall('EXISTS', K_WQ .. w) == 0
+  count('pending', requeue_front(slice, tids, now, tid or ''))
+  return #slice, rcall('EXISTS', K_WQ .. w) == 0, slice
 end
 
 -- Give back up to `budget` (>= 1) of a worker's jobs to the front of their tags, in their
 -- original order (its queued jobs from the tail, its active job last, so it lands in front), and
 -- once all are back delete every trace of the worker. Used for graceful stops and for dead
 -- workers; a worker with a long queue takes several calls, and stays unplaceable in between.
--- Returns the number of jobs handled and whether the worker is gone.
+-- Returns the number of jobs handled, whether the worker is gone, and the ids of the first
+-- NAMED_IDS of them (its active job first).
 local function hand_back(w, cfg, budget)
   local now = now_ms()
   local tids = {}
-  local n, empty = unqueue(w, cfg, budget, tids, now)
+  local n, empty, slice = unqueue(w, cfg, budget, tids, now)
+  local named = {}
   local gone = false
   if empty and n < budget then
     local state = K_WS .. w
     local s = rcall('HMGET', state, 'active', 'tid')
     if s[1] and s[1] ~= '' then
       count('active', -1)
-      count('pending', requeue_front({ s[1] }, tids, now))
+      count('pending', requeue_front({ s[1] }, tids, now, nil))
       n = n + 1
+      named[1] = s[1]
     end
     if s[2] and s[2] ~= '' then rcall('ZREM', K_BOUND .. s[2], w) end
     rcall('DEL', state, K_WQ .. w, K_WAKEW .. w)
@@ -285,7 +357,8 @@ local function hand_back(w, cfg, budget)
   end
   for tid in pairs(tids) do refresh_tag(tid, cfg) end
   wake_scheduler_if_work()
-  return n, gone
+  for i = 1, math.min(#slice, NAMED_IDS - #named) do named[#named + 1] = slice[i] end
+  return n, gone, named
 end
 
 local function is_leader(fence)

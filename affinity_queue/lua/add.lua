@@ -62,6 +62,7 @@ local delayed = due > now
 local status = 'pending'
 if delayed then status = 'delayed' end
 local fresh = {}
+local added = {}  -- tag id -> jobs due now (the tag index counts them)
 for i = 0, n - 1 do
   local b = 11 + i * 4
   local id = int(first + i) .. '-' .. token
@@ -72,10 +73,12 @@ for i = 0, n - 1 do
   if delayed then
     rcall('HSET', K_JOB .. id, 'due', due)
     rcall('ZADD', K_DELAYED, due, delayed_member(id))
-  elseif rcall('RPUSH', K_TAG .. tid, id) == 1 then
-    fresh[tid] = true
+  else
+    if rcall('RPUSH', K_TAG .. tid, id) == 1 then fresh[tid] = true end
+    added[tid] = (added[tid] or 0) + 1
   end
 end
+for tid, k in pairs(added) do backlog(tid, k) end
 if dedupe ~= '' then rcall('SET', K_DEDUPE .. dedupe, int(first) .. '-' .. token, 'PX', ARGV[9]) end
 count(status, n)
 -- Only a tag whose list was empty changes readiness: elsewhere the head is unchanged.

@@ -27,8 +27,9 @@
   ERR_NOT_ACTIVE, and the caller then asks again without finishing), and a worker that already
   has an active job gets that job again instead of a new one.
 
-  Returns: {id, type, identify_tag, payload, attempts, max_attempts, backoff ms, timeout ms} of
-           the job now active; 0 when none;
+  Returns: {id, type, identify_tag, payload, attempts, max_attempts, backoff ms, timeout ms,
+           wait ms (from its add, or the end of its delay, to this start)} of the job now
+           active; 0 when none;
            ERR_LEASE_LOST (-1) when the worker's lease is gone or expired (its jobs are handed
            elsewhere: it must not start or finish anything);
            ERR_NOT_ACTIVE (-3) when the job to finish is not this worker's active job.
@@ -61,9 +62,10 @@ if finished ~= '' then
       local ids = rcall('LRANGE', K_WQ .. w, 0, -1)
       rcall('DEL', K_WQ .. w)
       count('assigned', -#ids)
-      table.insert(ids, 1, finished)
       local tids = {}
-      count('pending', requeue_front(ids, tids, now))
+      -- The queued jobs (waiting already), then the retried one in front of them.
+      local back = requeue_front(ids, tids, now, rcall('HGET', state, 'tid'))
+      count('pending', back + requeue_front({ finished }, tids, now, nil))
       local tid = rcall('HGET', job, 'tid')
       -- GT: with concurrency > 1, a shorter retry must not shorten a longer one's hold.
       if tid then rcall('ZADD', K_HELD, 'GT', due, tid) end
@@ -77,13 +79,19 @@ if finished ~= '' then
   end
 end
 if not take_next then return 0 end
-local fields = { 'type', 'tag', 'payload', 'attempts', 'max_attempts', 'backoff', 'timeout' }
+local fields = { 'type', 'tag', 'payload', 'attempts', 'max_attempts', 'backoff', 'timeout',
+  'created', 'due', 'started', 'tid' }
+-- The reply for a started job: its fields, and how long it waited (start - max(add, due)).
+local function started(id, f)
+  local from = math.max(tonumber(f[8]) or 0, tonumber(f[9]) or 0)
+  local waited = math.max(0, (tonumber(f[10]) or from) - from)
+  return { id, f[1], f[2], f[3], f[4], f[5], f[6], f[7], waited }
+end
 -- Still active here means a retry whose first call started this job and lost its reply (the
 -- worker only asks for a job when it has none): deliver it again rather than strand it.
 local current = rcall('HGET', state, 'active')
 if current and current ~= '' then
-  local c = rcall('HMGET', K_JOB .. current, unpack(fields))
-  return { current, c[1], c[2], c[3], c[4], c[5], c[6], c[7] }
+  return started(current, rcall('HMGET', K_JOB .. current, unpack(fields)))
 end
 local id = rcall('LPOP', K_WQ .. w)
 if not id then
@@ -97,4 +105,5 @@ rcall('HSET', state, 'active', id)
 count('assigned', -1)
 count('active', 1)
 local f = rcall('HMGET', job, unpack(fields))
-return { id, f[1], f[2], f[3], f[4], f[5], f[6], f[7] }
+backlog(f[11], -1)
+return started(id, f)

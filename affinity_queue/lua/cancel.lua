@@ -42,6 +42,7 @@ if status == 'pending' then
   else
     rcall('SADD', K_GHOSTS, id)
   end
+  backlog(tid, -1)
   refresh_tag(tid, cfg)
 elseif status == 'delayed' then
   rcall('ZREM', K_DELAYED, delayed_member(id))
@@ -53,6 +54,7 @@ elseif status == 'assigned' then
     rcall('ZINCRBY', K_BOUND .. tid, -1, w)
     rcall('HINCRBY', K_WS .. w, 'batch', -1)
   end
+  backlog(tid, -1)
   refresh_tag(tid, cfg)
 end
 count(status, -1)

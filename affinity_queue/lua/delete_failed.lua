@@ -14,6 +14,8 @@
 local token, id = ARGV[1], ARGV[2]
 local earlier = replay(token)
 if earlier then return earlier end
-if rcall('ZREM', K_FAILED, id) == 0 then return remember(token, 0) end
+if not rcall('ZSCORE', K_FAILED, id) then return remember(token, 0) end
+unindex_failed(id)
+rcall('ZREM', K_FAILED, id)
 rcall('DEL', K_JOB .. id)
 return remember(token, 1)

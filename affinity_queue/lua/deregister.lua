@@ -9,10 +9,10 @@
   KEYS: the shared table (see _shared.lua).
   ARGV[1]  worker id
   ARGV[2]  budget: the most jobs to hand back in this call (>= 1)
-  Returns: {jobs handed back, 1 when the worker is gone (else call again)}; ERR_LEASE_LOST (-1)
-           when the worker was already recovered.
+  Returns: {jobs handed back, 1 when the worker is gone (else call again), ids of the first
+           NAMED_IDS of them}; ERR_LEASE_LOST (-1) when the worker was already recovered.
 ]]
 if not rcall('ZSCORE', K_WORKERS, ARGV[1]) then return ERR_LEASE_LOST end
-local n, gone = hand_back(ARGV[1], load_config(), tonumber(ARGV[2]))
-if gone then return { n, 1 } end
-return { n, 0 }
+local n, gone, named = hand_back(ARGV[1], load_config(), tonumber(ARGV[2]))
+if gone then return { n, 1, named } end
+return { n, 0, named }

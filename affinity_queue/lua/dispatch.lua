@@ -48,6 +48,7 @@ for _, member in ipairs(rcall('ZRANGEBYSCORE', K_DELAYED, '-inf', now, 'LIMIT', 
     rcall('HSET', K_JOB .. id, 'status', 'pending')
     count('delayed', -1)
     count('pending', 1)
+    backlog(f[1], 1)
     touched[f[1]] = true
   end
 end

@@ -17,7 +17,9 @@ local earlier = replay(token)
 if earlier then return earlier end
 local job = K_JOB .. id
 local tid = rcall('HGET', job, 'tid')
-if not tid or rcall('ZREM', K_FAILED, id) == 0 then return remember(token, 0) end
+if not tid or not rcall('ZSCORE', K_FAILED, id) then return remember(token, 0) end
+unindex_failed(id)
+rcall('ZREM', K_FAILED, id)
 rcall('PERSIST', job)
 rcall('HSET', job, 'status', 'pending', 'attempts', 0, 'worker', '')
 rcall('HDEL', job, 'finished', 'error', 'due', 'front', 'cancel')
@@ -29,6 +31,7 @@ else
   rcall('LPUSH', K_TAG .. tid, id)
 end
 count('pending', 1)
+backlog(tid, 1)
 refresh_tag(tid, load_config())
 wake_scheduler_if_work()
 return remember(token, 1)

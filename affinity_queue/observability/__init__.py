@@ -13,7 +13,6 @@ from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from ..lua import Scripts
     from ..models import JobContext
 
 
@@ -27,8 +26,8 @@ class MetricsRecorder(Protocol):
 
     def enqueued(self, type: str, n: int) -> None: ...
 
-    def started(self, scripts: Scripts, job_id: str, type: str) -> None:
-        """A job started: its wait (enqueue to start, delay excluded) is read later, in bulk."""
+    def started(self, type: str, wait_ms: int) -> None:
+        """A job started after waiting ``wait_ms`` (enqueue to start, delay excluded)."""
 
     def finished(self, type: str, outcome: str, duration_s: float) -> None:
         """``outcome``: completed, failed, retry or cancelled."""

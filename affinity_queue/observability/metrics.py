@@ -6,10 +6,9 @@ gauges read from Redis at scrape time.
     app.mount("/metrics", metrics_app(aq))
 
 The only module that imports ``prometheus_client`` (the ``metrics`` extra). Nothing here costs a
-Redis call per task on the producer or in the handler's path: counters live in the process; a
-job's wait (enqueue to start) is read in bulk (one script call per 0.1 s or 250 jobs), off the
-handler's path. A scrape reads a bounded set of keys whatever the backlog or the
-number of tags (see :class:`QueueCollector`).
+Redis call: counters live in the process, and a job's wait (enqueue to start, in Redis time)
+comes with the job in ``advance``'s reply. A scrape reads a bounded set of keys whatever the
+backlog or the number of tags (see :class:`QueueCollector`).
 """
 
 from __future__ import annotations
@@ -39,7 +38,6 @@ except ImportError as e:  # pragma: no cover - exercised without the extra
 
 if TYPE_CHECKING:
     from ..core import AffinityQueue
-    from ..lua import Scripts
 
 log = logging.getLogger("affinity_queue.metrics")
 
@@ -48,10 +46,6 @@ TOP_TAGS = 20
 OTHER_TAG = "__other__"
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
-WAIT_READ_EVERY_S = 0.1
-WAIT_READ_BATCH = 250
-"""Job wait times are read in bulk: every WAIT_READ_EVERY_S, or as soon as WAIT_READ_BATCH
-jobs have started, so the read costs well under a microsecond per job and bounds one call."""
 
 
 class _Histogram:
@@ -116,10 +110,6 @@ class QueueMetrics:
         self.queue = queue
         self.counters: dict[tuple[str, tuple[str, ...]], float] = {}
         self.histograms: dict[tuple[str, str], _Histogram] = {}
-        self._to_read: list[tuple[str, str]] = []  # (job id, type) started, wait unread
-        self._timer: asyncio.TimerHandle | None = None
-        self._reading: set[asyncio.Task[None]] = set()
-        self._failing = False
 
     def _inc(self, name: str, labels: tuple[str, ...], n: float = 1) -> None:
         key = (name, labels)
@@ -153,38 +143,8 @@ class QueueMetrics:
     def fenced(self) -> None:
         self._inc("affinity_queue_fenced_rejections", ())
 
-    def started(self, scripts: Scripts, job_id: str, type: str) -> None:
-        if not self._to_read:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(WAIT_READ_EVERY_S, self._read_waits, scripts)
-        self._to_read.append((job_id, type))
-        if len(self._to_read) >= WAIT_READ_BATCH:
-            self._read_waits(scripts)
-
-    def _read_waits(self, scripts: Scripts) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        batch, self._to_read = self._to_read, []
-        task = asyncio.get_running_loop().create_task(self._observe_waits(scripts, batch))
-        self._reading.add(task)
-        task.add_done_callback(self._reading.discard)
-
-    async def _observe_waits(self, scripts: Scripts, batch: list[tuple[str, str]]) -> None:
-        """One script call for the jobs that started lately: wait = started -
-        max(created, due), all three written with Redis's clock (no skew between hosts)."""
-        try:
-            times = await scripts.job_times([job_id for job_id, _ in batch])
-        except Exception as e:
-            if not self._failing:
-                log.warning("queue %s: could not read job wait times: %r", self.queue, e)
-            self._failing = True
-            return
-        self._failing = False
-        for (_, type_), (created, due, started) in zip(batch, times, strict=True):
-            if created and started:
-                wait_s = max(0, started - max(created, due)) / 1000
-                self._observe("affinity_queue_task_wait_seconds", type_, wait_s)
+    def started(self, type: str, wait_ms: int) -> None:
+        self._observe("affinity_queue_task_wait_seconds", type, wait_ms / 1000)
 
 
 class ProcessCollector(Collector):
@@ -218,7 +178,7 @@ class _Snapshot:
     workers: dict[str, int] = field(default_factory=dict)  # status -> number
     tags_ready: int = 0
     tags_bound: int = 0
-    backlog: dict[str, int] = field(default_factory=dict)  # tag -> pending jobs
+    backlog: dict[str, int] = field(default_factory=dict)  # tag -> jobs waiting to start
     oldest_wait_s: dict[str, float] = field(default_factory=dict)
 
 
@@ -229,12 +189,14 @@ class QueueCollector(Collector):
     """Queue-wide gauges, read from Redis by :meth:`refresh` and yielded by :meth:`collect`.
 
     The cost of a scrape does not grow with the backlog or the number of tags: per queue it
-    reads the counts hash, the leader, the lease index and every live worker's state (bounded by
-    the workers, not the work), the sizes and the heads of the two ready sets (the tags with
-    placeable work, scored by their oldest job's order), and for the ``top_tags + 1``
-    oldest-waiting of those tags their length and their head job's times. So the per-tag gauges
-    show the oldest-waiting placeable tags; ``__other__`` holds the rest of the pending jobs and
-    the oldest wait among the other placeable tags.
+    reads the counts hash, the lease index and every live worker's state (bounded by the
+    workers, not the work), the ``top_tags`` busiest tags from the tag index (``backlog``, kept
+    by the scripts), the sizes and the heads of the two ready sets (the tags with placeable
+    work, scored by their oldest job's order), and for the ``top_tags + 1`` oldest-waiting of
+    those their head job's times. So ``tag_backlog`` shows the tags with the most jobs waiting
+    to start, and ``__other__`` the rest of them (pending + assigned, from the counts);
+    ``tag_oldest_wait_seconds`` shows the longest-waiting placeable tags, and ``__other__`` the
+    oldest wait among the other placeable tags.
     """
 
     def __init__(self, aq: AffinityQueue, top_tags: int = TOP_TAGS) -> None:
@@ -252,7 +214,9 @@ class QueueCollector(Collector):
                 snapshots[name] = await self._read(name)
             except Exception as e:
                 if name not in self._failing:
-                    log.warning("queue %s: metrics could not read Redis: %r", name, e)
+                    log.warning(
+                        "queue %s: metrics could not read Redis: %r", name, e, extra={"queue": name}
+                    )
                 self._failing.add(name)
             else:
                 self._failing.discard(name)
@@ -270,7 +234,17 @@ class QueueCollector(Collector):
             pipe.zcard(k.ready_new)
             pipe.zrange(k.ready_bound, 0, n - 1, withscores=True)
             pipe.zrange(k.ready_new, 0, n - 1, withscores=True)
-            (secs, micros), counts, leases, n_bound, n_new, heads_b, heads_n = await pipe.execute()
+            pipe.zrevrange(k.backlog, 0, self._top - 1, withscores=True)
+            (
+                (secs, micros),
+                counts,
+                leases,
+                n_bound,
+                n_new,
+                heads_b,
+                heads_n,
+                busiest,
+            ) = await pipe.execute()
         now_ms = int(secs) * 1000 + int(micros) // 1000
         snap = _Snapshot(counts, tags_ready=int(n_bound) + int(n_new))
         oldest = [tid for tid, _ in sorted([*heads_b, *heads_n], key=lambda m: m[1])[:n]]
@@ -278,10 +252,9 @@ class QueueCollector(Collector):
             for wid, _ in leases:
                 pipe.hmget(k.worker_state(wid), ["status", "tid"])
             for tid in oldest:
-                pipe.llen(k.tag_prefix + tid)
                 pipe.lindex(k.tag_prefix + tid, 0)
             replies = await pipe.execute()
-        states, per_tag = replies[: len(leases)], replies[len(leases) :]
+        states, heads = replies[: len(leases)], replies[len(leases) :]
         bound: set[str] = set()
         for (_, expiry), (status, tid) in zip(leases, states, strict=True):
             kind = "dead" if expiry < now_ms else status or "gone"
@@ -289,21 +262,19 @@ class QueueCollector(Collector):
             if status == "running" and tid:
                 bound.add(tid)
         snap.tags_bound = len(bound)
-        lengths = per_tag[0::2]
-        heads = per_tag[1::2]
         async with redis.pipeline(transaction=False) as pipe:
             for head in heads:
                 pipe.hmget(k.job(head or "-"), ["created", "due"])
             times = await pipe.execute() if heads else []
         waits = [max(0, now_ms - max(int(c), int(d or 0))) / 1000 if c else 0.0 for c, d in times]
         top = min(self._top, len(oldest))
-        for tid, length, wait in zip(oldest[:top], lengths, waits, strict=False):
-            tag = tag_from_id(tid)
-            snap.backlog[tag] = int(length)
-            snap.oldest_wait_s[tag] = wait
-        rest = int(counts.get("pending", 0)) - sum(snap.backlog.values())
-        snap.backlog[OTHER_TAG] = max(0, rest)
+        for tid, wait in zip(oldest[:top], waits, strict=False):
+            snap.oldest_wait_s[tag_from_id(tid)] = wait
         snap.oldest_wait_s[OTHER_TAG] = waits[top] if len(waits) > top else 0.0
+        for tid, n_waiting in busiest:
+            snap.backlog[tag_from_id(tid)] = int(n_waiting)
+        waiting = int(counts.get("pending", 0)) + int(counts.get("assigned", 0))
+        snap.backlog[OTHER_TAG] = max(0, waiting - sum(snap.backlog.values()))
         return snap
 
     def collect(self) -> Iterator[Metric]:
@@ -326,13 +297,14 @@ class QueueCollector(Collector):
         )
         backlog = GaugeMetricFamily(
             "affinity_queue_tag_backlog",
-            f"Pending jobs of the {self._top} oldest-waiting placeable tags; the rest in "
-            f"tag={OTHER_TAG!r}.",
+            f"Jobs waiting to start (pending or queued to a worker) of the {self._top} tags with "
+            f"the most; the rest in tag={OTHER_TAG!r}.",
             labels=["queue", "tag"],
         )
         oldest = GaugeMetricFamily(
             "affinity_queue_tag_oldest_wait_seconds",
-            "Age of the oldest pending job of the tag (delay excluded).",
+            f"Age of the oldest pending job (delay excluded) of the {self._top} longest-waiting "
+            f"placeable tags; the oldest of the other placeable tags in tag={OTHER_TAG!r}.",
             labels=["queue", "tag"],
         )
         leader = GaugeMetricFamily(

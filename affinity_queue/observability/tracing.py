@@ -87,7 +87,12 @@ class QueueTracing:
             self._failing = False
         except Exception as e:  # tracing never fails a job
             if not self._failing:
-                log.warning("queue %s: could not read a job's trace context: %r", self._queue, e)
+                log.warning(
+                    "queue %s: could not read a job's trace context: %r",
+                    self._queue,
+                    e,
+                    extra={"queue": self._queue},
+                )
             self._failing = True
             created = trace.INVALID_SPAN_CONTEXT
         attributes = self._attributes("process", "process")

@@ -7,6 +7,7 @@ every step and returns the broken rules, each as a sentence.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,8 @@ from affinity_queue import QueueSettings
 from ..support import order_of, queue_keys
 
 FINAL = ("completed", "failed", "cancelled")
+WAITING = ("pending", "assigned")
+"""Statuses the tag index counts: waiting to start."""
 
 
 async def snapshot(redis: aioredis.Redis, settings: QueueSettings) -> dict[str, Any]:
@@ -294,6 +297,52 @@ def check(model: Model, state: State) -> list[str]:
             broken.append(f"{w} is idle but its state is {s}, its queue {state.wq.get(w)}")
 
     broken += ready_sets(model, state, bound)
+    broken += tag_index(state)
+    return broken
+
+
+def tag_index(state: State) -> list[str]:
+    """The tag index (keys.py, TAG INDEX) agrees with the job records: per tag, its jobs waiting
+    to start (pending or assigned); the name index holds the same tags; each dead letter is in
+    exactly the failed-by indexes of its type, tag and error type."""
+    broken = []
+    waiting: Counter[str] = Counter(
+        rec.get("tid", "?") for rec in state.jobs.values() if rec.get("status") in WAITING
+    )
+    index = {tid: int(n) for tid, n in _zset(state, "backlog").items()}
+    if index != dict(waiting):
+        broken.append(f"backlog index {index} but the records wait {dict(waiting)}")
+    names = _zset(state, "tag-names")
+    if set(names) != set(index) or any(names.values()):
+        broken.append(f"tag-names {names} does not list the backlog's tags {sorted(index)}")
+    for key, ids in state.single.items():
+        if key.startswith("tag-done:") and len(ids) > 40:  # trimmed to 20 once past 40
+            broken.append(f"{key} holds {len(ids)} ids")
+    failed = _zset(state, "failed")
+    expected: dict[str, set[str]] = {}
+    for job_id in failed:
+        rec = state.jobs.get(job_id)
+        if rec is None:
+            continue  # its record expired: the index entries age out with it
+        error_type = json.loads(rec.get("error") or "{}").get("type")
+        for key in (
+            f"failed-by:type:{rec['type'].encode().hex()}",
+            f"failed-by:tag:{rec['tid']}",
+            f"failed-by:error:{error_type.encode().hex()}" if error_type else "",
+        ):
+            if key:
+                expected.setdefault(key, set()).add(job_id)
+    actual = {
+        key: set(dict(members))
+        for key, members in state.single.items()
+        if key.startswith("failed-by:")
+    }
+    for key in expected.keys() | actual.keys():
+        expired = {i for i in actual.get(key, set()) if i in failed and i not in state.jobs}
+        stray = actual.get(key, set()) - expected.get(key, set()) - expired
+        missing = expected.get(key, set()) - actual.get(key, set())
+        if stray or missing:
+            broken.append(f"{key} holds {sorted(stray)} wrongly, lacks {sorted(missing)}")
     return broken
 
 
@@ -328,7 +377,7 @@ def ready_sets(model: Model, state: State, bound: dict[str, dict[str, float]]) -
     return broken
 
 
-KEPT_FAMILIES = ("job:", "req:", "dedupe:")
+KEPT_FAMILIES = ("job:", "req:", "dedupe:", "tag-done:", "failed-by:")
 KEPT = {"completed", "failed", "counts", "seq", "fence", "epoch", "config", "limits", "wake"}
 KEPT |= {"election", "paused-tags"}
 """Keys a drained queue may keep: retention records and indexes, request-token replies,

@@ -456,7 +456,9 @@ class Harness:
         w.leaving = True  # it runs nothing more: its active job, if any, goes back
         self.model.interrupt(w)
         try:
-            _, gone = await self.call("deregister", lambda: self.scripts.deregister(w.id, budget))
+            _, gone, _ = await self.call(
+                "deregister", lambda: self.scripts.deregister(w.id, budget)
+            )
         except Failure:
             return False
         except LeaseLostError:  # gone already: a repeat after a lost reply, or the reaper

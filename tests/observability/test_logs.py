@@ -14,7 +14,7 @@ from affinity_queue.cli import build_parser
 from affinity_queue.observability.logs import JsonFormatter
 from affinity_queue.observability.metrics import metrics_app, serve
 
-from ..support import drained
+from ..support import drained, wait_for
 
 
 async def test_failure_lines_carry_the_job_fields_and_format_as_json(
@@ -75,3 +75,62 @@ async def test_the_metrics_port_serves_the_exposition(
         await server.wait_closed()
     assert response.startswith("HTTP/1.0 200 OK")
     assert 'affinity_queue_tasks_enqueued_total{queue="default",type="x"} 1.0' in response
+
+
+def _library(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name.startswith("affinity_queue")]
+
+
+async def test_a_recovery_names_the_jobs_it_handed_back(
+    make_settings: Callable[..., QueueSettings], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Only the scheduler runs here: the one worker is a fake whose lease is then moved past.
+    aq = AffinityQueue(make_settings(app_role="SCHEDULER", heartbeat_interval_ms=100))
+    with caplog.at_level(logging.DEBUG, logger="affinity_queue"):
+        async with aq:
+            q = aq.queue()
+            await q._scripts.register("dead-1", 60_000, "h", 1, "e")
+            jobs = await q.add_bulk([Task(type="t", identify_tag="x")] * 3)
+            await wait_for(
+                q.get_queue_stats,
+                lambda s: any(w.queue_length == 3 for w in s.workers),
+                what="the fake worker to be given the 3 jobs",
+            )
+            await q._redis.zadd(q.settings.keys.workers, {"dead-1": 0})
+            await wait_for(
+                q.get_queue_stats, lambda s: not s.workers, what="the reaper to recover it"
+            )
+    (line,) = [r for r in _library(caplog) if "recovered" in r.getMessage()]
+    assert line.job_ids == [j.id for j in jobs]  # type: ignore[attr-defined]
+    assert all(j.id in line.getMessage() for j in jobs), line.getMessage()
+    assert all(getattr(r, "queue", None) == "default" for r in _library(caplog))
+
+
+async def test_every_library_line_carries_its_queue(
+    make_settings: Callable[..., QueueSettings], caplog: pytest.LogCaptureFixture
+) -> None:
+    aq = AffinityQueue(make_settings(max_attempts=2, retry_backoff_ms=1, worker_count=2))
+    release = asyncio.Event()
+
+    @aq.handler("fail")
+    async def fail(payload: None) -> None:
+        raise KeyError("missing")
+
+    @aq.handler("slow", timeout_s=0.05)
+    async def slow(payload: None) -> None:
+        await release.wait()
+
+    with caplog.at_level(logging.DEBUG, logger="affinity_queue"):
+        async with aq:
+            q = aq.queue()
+            await q.add(Task(type="fail", identify_tag="a"))
+            await q.add(Task(type="nobody", identify_tag="b"))
+            await q.add(Task(type="slow", identify_tag="c"))
+            await drained(q, 2)
+            release.set()
+            await drained(q, 3)
+    records = _library(caplog)
+    kinds = {r.levelname for r in records}
+    assert {"INFO", "WARNING", "ERROR"} <= kinds, kinds
+    missing = [r.getMessage() for r in records if getattr(r, "queue", None) != "default"]
+    assert not missing, missing

@@ -115,8 +115,9 @@ async def test_retries_are_counted_apart(make_settings: Callable[..., QueueSetti
 
 
 async def test_per_tag_series_stay_bounded(make_settings: Callable[..., QueueSettings]) -> None:
-    """30 tags waiting, top 5: five tags of their own (the oldest-waiting) and __other__, whose
-    backlog is the rest; the series count does not grow with the tags."""
+    """30 tags waiting, top 5: the backlog of the five busiest and the oldest wait of the five
+    longest-waiting have series of their own, and __other__ the rest; the series count does
+    not grow with the tags."""
     aq = AffinityQueue(make_settings(app_role="SCHEDULER"))  # nobody runs them: they wait
     _, client = app_for(aq, top_tags=5)
     async with aq, client:
@@ -134,10 +135,11 @@ async def test_per_tag_series_stay_bounded(make_settings: Callable[..., QueueSet
         for (n, ls), v in samples.items()
         if n == "affinity_queue_tag_oldest_wait_seconds"
     }
-    top = [f"tenant-{i}" for i in range(5)]  # added first: their heads are the oldest
-    assert set(backlog) == {*top, OTHER_TAG} == set(waits)
-    assert [backlog[t] for t in top] == [1, 2, 3, 4, 5]
-    assert backlog[OTHER_TAG] == sum(range(1, 31)) - 15
+    oldest = [f"tenant-{i}" for i in range(5)]  # added first: their heads are the oldest
+    busiest = [f"tenant-{i}" for i in range(29, 24, -1)]  # tenant-i has i + 1 jobs
+    assert set(backlog) == {*busiest, OTHER_TAG} and set(waits) == {*oldest, OTHER_TAG}
+    assert [backlog[t] for t in busiest] == [30, 29, 28, 27, 26]
+    assert backlog[OTHER_TAG] == sum(range(1, 31)) - sum(range(26, 31))
     assert all(w >= 0 for w in waits.values())
     assert waits["tenant-0"] >= waits["tenant-4"] >= waits[OTHER_TAG]
     assert value(samples, "affinity_queue_tags_ready", queue="default") == 30
