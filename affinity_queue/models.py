@@ -179,7 +179,7 @@ class WorkerState(_Model):
             current_identify_tag=tag_from_id(tid) if tid else None,
             current_batch_size=int(h.get("batch", 0)),
             queue_length=queue_length,
-            active_job_id=h.get("active") or None,
+            active_job_id=next(iter((h.get("active") or "").split()), None),
             host=h.get("host"),
             pid=int(h["pid"]) if h.get("pid") else None,
         )
