@@ -41,6 +41,18 @@ def _line(out: TextIO, **fields: Any) -> None:
     out.write(json.dumps({**fields, "pid": PID, "t": time.time()}) + "\n")
 
 
+def _run_of(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """The fields of one execution's ledger lines."""
+    return {
+        "job": ctx.job_id,
+        "tag": ctx.identify_tag,
+        "seq": payload["seq"],
+        "uid": payload["uid"],
+        "worker": ctx.worker_id,
+        "attempt": ctx.attempt,
+    }
+
+
 async def _watch_leadership(aq: AffinityQueue, status: TextIO) -> None:
     scheduler = aq.scheduler()
     leading = False
@@ -80,14 +92,7 @@ async def main() -> None:
 
     @aq.handler("work")
     async def work(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
-        run = {
-            "job": ctx.job_id,
-            "tag": ctx.identify_tag,
-            "seq": payload["seq"],
-            "uid": payload["uid"],
-            "worker": ctx.worker_id,
-            "attempt": ctx.attempt,
-        }
+        run = _run_of(payload, ctx)
         _line(ledger, ev="start", **run)
         await asyncio.sleep(float(payload.get("sleep_s", default_sleep_s)))
         _line(ledger, ev="end", **run)
@@ -97,17 +102,7 @@ async def main() -> None:
     async def work_batch(
         payloads: list[dict[str, Any]], contexts: list[JobContext]
     ) -> list[dict[str, Any]]:
-        runs = [
-            {
-                "job": ctx.job_id,
-                "tag": ctx.identify_tag,
-                "seq": payload["seq"],
-                "uid": payload["uid"],
-                "worker": ctx.worker_id,
-                "attempt": ctx.attempt,
-            }
-            for payload, ctx in zip(payloads, contexts, strict=True)
-        ]
+        runs = [_run_of(p, ctx) for p, ctx in zip(payloads, contexts, strict=True)]
         for run, payload in zip(runs, payloads, strict=True):  # the rows of a bulk call, in order
             _line(ledger, ev="start", **run)
             await asyncio.sleep(float(payload.get("sleep_s", default_sleep_s)))

@@ -23,6 +23,15 @@ RECOVERY_BOUND_S = (HEARTBEAT_TIMEOUT_MS + HEARTBEAT_MS) / 1000 + 1.5
 """Lease expiry after the last heartbeat, plus one reap interval, plus the next start."""
 
 
+async def _scheduler_and_two_workers(cluster, env):
+    c = cluster(env)
+    c.spawn("sched", role="SCHEDULER")
+    c.spawn("w1", role="WORKER")
+    c.spawn("w2", role="WORKER")
+    await c.ready()
+    return c
+
+
 async def _victim_mid_batch(c, producer, tag: str):
     """Run a batch of ``tag`` until its second task is running; return (node, that run)."""
     await producer.add(tag, 6, sleep_s=0.6)
@@ -40,11 +49,7 @@ async def _victim_mid_batch(c, producer, tag: str):
 async def test_sigkill_worker_mid_batch(redis_factory, cluster, producers, queue_name) -> None:
     server = redis_factory()
     env = queue_env(server.url, queue_name, MAX_BATCH_SIZE=10)
-    c = cluster(env)
-    c.spawn("sched", role="SCHEDULER")
-    c.spawn("w1", role="WORKER")
-    c.spawn("w2", role="WORKER")
-    await c.ready()
+    c = await _scheduler_and_two_workers(cluster, env)
     producer = producers(settings_of(env))
 
     victim, interrupted = await _victim_mid_batch(c, producer, "batch")
@@ -76,11 +81,7 @@ async def test_sigkill_worker_mid_batch_call(redis_factory, cluster, producers, 
     again elsewhere (at least once), in order, and the tasks queued behind it run once."""
     server = redis_factory()
     env = queue_env(server.url, queue_name, MAX_BATCH_SIZE=10, BATCH_MAX_SIZE="4")
-    c = cluster(env)
-    c.spawn("sched", role="SCHEDULER")
-    c.spawn("w1", role="WORKER")
-    c.spawn("w2", role="WORKER")
-    await c.ready()
+    c = await _scheduler_and_two_workers(cluster, env)
     producer = producers(settings_of(env))
     uids = await producer.add("bulk", 6, sleep_s=0.3, type_="work-batch")
 
@@ -108,11 +109,7 @@ async def test_sigkill_worker_mid_batch_call(redis_factory, cluster, producers, 
 async def test_sigstop_worker_past_its_lease(redis_factory, cluster, producers, queue_name) -> None:
     server = redis_factory()
     env = queue_env(server.url, queue_name, MAX_BATCH_SIZE=10)
-    c = cluster(env)
-    c.spawn("sched", role="SCHEDULER")
-    c.spawn("w1", role="WORKER")
-    c.spawn("w2", role="WORKER")
-    await c.ready()
+    c = await _scheduler_and_two_workers(cluster, env)
     producer = producers(settings_of(env))
 
     victim, paused = await _victim_mid_batch(c, producer, "batch")
