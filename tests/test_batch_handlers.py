@@ -263,3 +263,26 @@ async def test_advance_of_a_run_is_safe_to_repeat(engine: Engine) -> None:
     assert [j.id for j in rest] == ids[5:]
     counts = await engine.redis.hgetall(engine.keys.counts)
     assert {k: int(v) for k, v in counts.items() if int(v)} == {"active": 2, "completed": 5}
+
+
+async def test_a_batch_holds_one_type_and_keeps_the_tag_order(make_settings: Settings) -> None:
+    aq = AffinityQueue(make_settings(max_batch_size=10))
+    calls: list[tuple[str, Any]] = []
+
+    @aq.batch_handler("bulk", max_size=5)
+    async def bulk(payloads: list[int]) -> list[int]:
+        calls.append(("bulk", payloads))
+        return payloads
+
+    @aq.handler("one")
+    async def one(payload: int) -> int:
+        calls.append(("one", payload))
+        return payload
+
+    kinds = ["bulk", "bulk", "one", "one", "bulk", "bulk", "bulk"]
+    q = aq.queue()
+    jobs = await q.add_bulk([task("T", i, kind) for i, kind in enumerate(kinds)])
+    async with aq:
+        done = await all_settled(q, [j.id for j in jobs])
+    assert calls == [("bulk", [0, 1]), ("one", 2), ("one", 3), ("bulk", [4, 5, 6])], calls
+    assert [j.result for j in done] == list(range(7))

@@ -139,30 +139,31 @@ if not id then
   return 0
 end
 local ids = { id }
-local head_type = rcall('HGET', K_JOB .. id, 'type')
-local most = batch_max[head_type] or take
-if m == 0 then
-  if most > 1 then
-    for _, more in ipairs(rcall('LPOP', queue, most - 1) or {}) do ids[#ids + 1] = more end
-  end
-else
-  while #ids < most do
-    local next_id = rcall('LINDEX', queue, 0)
-    if not next_id then break end
-    local t = rcall('HGET', K_JOB .. next_id, 'type')
-    if batch_max[head_type] then
-      if t ~= head_type then break end
-    elseif batch_max[t] then
-      break
-    end
-    ids[#ids + 1] = rcall('LPOP', queue)
-  end
+local head = rcall('HMGET', K_JOB .. id, unpack(fields))
+local most = batch_max[head[1]] or take
+if most > 1 then
+  for _, more in ipairs(rcall('LPOP', queue, most - 1) or {}) do ids[#ids + 1] = more end
 end
-for _, taken in ipairs(ids) do
-  local job = K_JOB .. taken
+-- A batch holds jobs of its head's type only; a run of per-task jobs stops before a batch type.
+-- The jobs from the first that does not belong go back to the front, in order.
+local rows = { head }
+for i = 2, #ids do
+  local f = rcall('HMGET', K_JOB .. ids[i], unpack(fields))
+  if (batch_max[head[1]] and f[1] ~= head[1]) or (not batch_max[head[1]] and batch_max[f[1]]) then
+    break
+  end
+  rows[i] = f
+end
+for i = #ids, #rows + 1, -1 do
+  rcall('LPUSH', queue, ids[i])
+  ids[i] = nil
+end
+for i, taken in ipairs(ids) do
+  local job, f = K_JOB .. taken, rows[i]
   rcall('HSET', job, 'status', 'active', 'started', now, 'worker', w)
-  rcall('HINCRBY', job, 'attempts', 1)
-  deliver(taken)
+  f[4] = rcall('HINCRBY', job, 'attempts', 1)
+  out[#out + 1] = taken
+  for k = 1, #fields do out[#out + 1] = f[k] end
 end
 rcall('HSET', state, 'active', table.concat(ids, ' '))
 count('assigned', -#ids)
