@@ -229,8 +229,8 @@ async def test_quick_per_task_jobs_share_advance_calls(
 
 async def test_bad_batch_declarations_are_refused(make_settings: Settings) -> None:
     aq = AffinityQueue(make_settings(max_batch_size=10))
-    with pytest.raises(ValueError, match="is over 1000"):
-        aq.batch_handler("bulk", max_size=1001)(lambda payloads: payloads)
+    with pytest.raises(ValueError, match="is over 200"):
+        aq.batch_handler("bulk", max_size=201)(lambda payloads: payloads)
     with pytest.raises(ValueError, match="exceeds MAX_BATCH_SIZE 10"):
         aq.batch_handler("bulk", max_size=11)(lambda payloads: payloads)
     with pytest.raises(ValueError, match="max_size must be a positive integer"):

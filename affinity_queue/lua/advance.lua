@@ -35,7 +35,9 @@
            when completed, the error otherwise; no triples when nothing is finished.
   Safe to repeat: a run is finished only while it is the worker's active run (a repeat gets
   ERR_NOT_ACTIVE, and the caller then asks again without finishing), and a worker that already
-  has an active run gets that run again instead of a new one.
+  has an active run gets that run again instead of a new one. A call that ran none of its run and
+  takes again changes nothing and gets the same run back (sent back and taken again, it would be
+  the same run, and a repeat could not tell it had been recorded).
 
   Returns: {id, type, identify_tag, payload, attempts, max_attempts, backoff ms, timeout ms} per
            job of the run now active, flattened; 0 when none;
@@ -54,7 +56,9 @@ local batch_max = {}
 for i = 6, 5 + 2 * m, 2 do batch_max[ARGV[i]] = tonumber(ARGV[i + 1]) end
 local first = 6 + 2 * m
 local CANCELLED_UNRUN = '{"type":"Cancelled","message":"cancelled before it ran"}'
-if first <= #ARGV then
+local ran = false  -- whether any job of the run being finished ran
+for i = first + 1, #ARGV, 3 do ran = ran or ARGV[i] ~= '' end
+if first <= #ARGV and (ran or take < 1) then
   local ids = {}
   for i = first, #ARGV, 3 do ids[#ids + 1] = ARGV[i] end
   if rcall('HGET', state, 'active') ~= table.concat(ids, ' ') then return ERR_NOT_ACTIVE end
