@@ -15,7 +15,7 @@ import threading
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -147,11 +147,14 @@ class _Handler:
 
 @dataclass(frozen=True, slots=True)
 class _Outcome:
-    """What ``advance`` records for a finished run: completed, failed, or retry after a delay."""
+    """What ``advance`` records for a finished run: completed, failed, or retry after a delay;
+    when it started and ended (``time.perf_counter()``; 0 when unknown)."""
 
     kind: str
     data: str
     retry_delay_ms: int = 0
+    started: float = 0.0
+    ended: float = 0.0
 
 
 def _error_json(
@@ -250,7 +253,6 @@ class WorkerService(QueueRuntime):
         self._handlers: dict[str, _Handler] = {}
         self._batch_sizes: dict[str, int] = {}  # batch handler types -> their max_size
         self._quick: set[int] = set()  # slots whose last run was quick: they prefetch
-        self._cancel_flags: set[str] = set()  # active jobs whose cancellation was requested
         self._stopping = False
         self._slots: dict[int, asyncio.Task[None]] = {}
         self._heartbeat: asyncio.Task[None] | None = None
@@ -629,6 +631,8 @@ class WorkerService(QueueRuntime):
         quick = False
         if handler is not None and handler.max_size and refused is None:
             outcomes = await self._execute_batch(wid, run, handler, tag_state)
+            ended = time.perf_counter()
+            outcomes = [replace(o, started=began, ended=ended) for o in outcomes]
             if self.metrics is not None:
                 spent = (time.perf_counter() - began) / len(outcomes)
                 for job, outcome in zip(run, outcomes, strict=False):
@@ -641,14 +645,10 @@ class WorkerService(QueueRuntime):
                     break
                 if self.metrics is not None:
                     self.metrics.started(self._scripts, job.id, job.type)
-                if job.id in self._cancel_flags:  # taken with others, cancelled before its turn
-                    message = "cancelled before it started"
-                    error = _error_json(job.attempts, None, type_="Cancelled", message=message)
-                    outcome = _Outcome("failed", error)
-                else:
-                    outcome = await self._execute(wid, job, tag_state, refused)
+                outcome = await self._execute(wid, job, tag_state, refused)
                 refused = None
                 now = time.perf_counter()
+                outcome = replace(outcome, started=began, ended=now)
                 if self.metrics is not None:
                     self.metrics.finished(job.type, outcome.kind, now - began)
                 quick = now - began < QUICK_RUN_S
@@ -722,8 +722,16 @@ class WorkerService(QueueRuntime):
     ) -> list[RawJob]:
         """Record the outcomes of ``run``'s first jobs (the rest go back unstarted) and take
         the next run: PREFETCH jobs after a quick run, else one (a batch type: its max_size)."""
-        done = [(job.id, o.kind, o.data) for job, o in zip(run, outcomes, strict=False)]
-        done += [(job.id, "", "") for job in run[len(outcomes) :]]
+        sent = time.perf_counter()
+
+        def ago_ms(t: float) -> int | str:
+            return round((sent - t) * 1000) if t else ""
+
+        done: list[Any] = [
+            (job.id, o.kind, o.data, ago_ms(o.started), ago_ms(o.ended))
+            for job, o in zip(run, outcomes, strict=False)
+        ]
+        done += [(job.id, "", "", "", "") for job in run[len(outcomes) :]]
         take = 0 if self._stopping else PREFETCH if slot in self._quick else 1
         last = outcomes[-1] if outcomes else _NOTHING
         order = self.settings.retry_order.value
@@ -1022,7 +1030,6 @@ class WorkerService(QueueRuntime):
             except DataLostError:
                 lost, cancel = ids, []  # they re-register; the first to do so reports the loss
             self._lost.update(lost)
-            self._cancel_flags = set(cancel)
             for run in self._running.values():
                 for ctx in run.contexts:
                     # A job of a lost worker runs again elsewhere: let its handler know.

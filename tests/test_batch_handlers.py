@@ -5,6 +5,7 @@ batch. Also the run of several jobs a per-task worker takes at once when its job
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -225,6 +226,10 @@ async def test_quick_per_task_jobs_share_advance_calls(
     assert ran == list(range(100))
     assert [j.result for j in done] == list(range(100))
     assert len(advances) < 20, f"{len(advances)} advance calls for 100 quick jobs"
+    # The records say when each job really ran: one after the other, not all at the take.
+    for before, after in itertools.pairwise(done):
+        assert before.started_at and before.finished_at and after.started_at
+        assert before.started_at <= before.finished_at <= after.started_at, (before, after)
 
 
 async def test_bad_batch_declarations_are_refused(make_settings: Settings) -> None:
@@ -288,3 +293,37 @@ async def test_a_batch_holds_one_type_and_keeps_the_tag_order(make_settings: Set
         done = await all_settled(q, [j.id for j in jobs])
     assert calls == [("bulk", [0, 1]), ("one", 2), ("one", 3), ("bulk", [4, 5, 6])], calls
     assert [j.result for j in done] == list(range(7))
+
+
+async def test_a_task_taken_behind_a_slow_one_can_be_cancelled(make_settings: Settings) -> None:
+    """A quick worker takes several tasks at once; one cancelled while an earlier one of the
+    run is slow is 'requested', goes back unstarted after the slow one, and never runs."""
+    aq = AffinityQueue(make_settings(max_batch_size=100))
+    slow_running, let_go = asyncio.Event(), asyncio.Event()
+    ran: list[str] = []
+
+    @aq.handler("t")
+    async def handle(payload: str) -> str:
+        ran.append(payload)
+        if payload != "slow":
+            return payload
+        slow_running.set()
+        await asyncio.wait_for(let_go.wait(), 10)
+        await asyncio.sleep(0.05)  # past QUICK_RUN_S, whatever the cancel call took
+        return payload
+
+    q = aq.queue()
+    payloads = ["q0", "q1", "q2", "slow", "doomed", "after"]
+    jobs = await q.add_bulk([task("T", p) for p in payloads])
+    async with aq:
+        await asyncio.wait_for(slow_running.wait(), 10)
+        doomed = await q.get_job(jobs[4].id)
+        assert doomed is not None and doomed.status is JobStatus.ACTIVE, "taken with the run"
+        assert await q.cancel(jobs[4].id) is CancelOutcome.REQUESTED
+        let_go.set()
+        done = await all_settled(q, [j.id for j in jobs])
+    assert ran == ["q0", "q1", "q2", "slow", "after"]
+    assert [j.status for j in done] == [JobStatus.COMPLETED] * 4 + [
+        JobStatus.CANCELLED,
+        JobStatus.COMPLETED,
+    ]

@@ -234,7 +234,7 @@ class Scripts:
     async def advance_run(
         self,
         worker_id: str,
-        done: list[tuple[str, str, str]],
+        done: list[tuple[str, str, str]] | list[tuple[str, str, str, int, int]],
         take: int,
         *,
         batch_sizes: dict[str, int] | None = None,
@@ -242,10 +242,11 @@ class Scripts:
         retry_order: str = "strict",
     ) -> list[RawJob]:
         """Finish the active run ``done`` — ``(id, outcome, JSON)`` for each of its jobs in
-        order, outcome ``""`` for one not run — and start the next run of up to ``take`` jobs
-        (up to ``batch_sizes[type]`` jobs of that type when it starts with a batch type)."""
+        order, outcome ``""`` for one not run, optionally with how many ms before this call it
+        started and ended — and start the next run of up to ``take`` jobs (up to
+        ``batch_sizes[type]`` jobs of that type when it starts with a batch type)."""
         pairs = [str(x) for item in sorted((batch_sizes or {}).items()) for x in item]
-        flat = [x for triple in done for x in triple]
+        flat = [x for entry in done for x in (entry if len(entry) == 5 else (*entry, "", ""))]
         reply = await self._advance(
             worker_id, take, retry_delay_ms, retry_order, len(pairs) // 2, *pairs, *flat
         )

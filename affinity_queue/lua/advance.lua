@@ -30,9 +30,11 @@
   ARGV[5]  m: how many batch types follow
   ARGV[6..] m pairs (type, most jobs of one batch): a run that starts with a job of such a type
            takes up to that many jobs of that type; a run of other jobs takes up to `take` jobs
-           and stops before a job of a batch type; then the active run, as triples (id, outcome,
-           JSON) with outcome 'completed' | 'failed' | 'retry' | '' (not run) and JSON the result
-           when completed, the error otherwise; no triples when nothing is finished.
+           and stops before a job of a batch type; then the active run, five values per job:
+           id, outcome ('completed' | 'failed' | 'retry' | '' for not run), JSON (the result
+           when completed, the error otherwise), and how many ms before this call the job
+           started and ended ('' and '': when the call that took it started it); nothing when
+           nothing is finished.
   Safe to repeat: a run is finished only while it is the worker's active run (a repeat gets
   ERR_NOT_ACTIVE, and the caller then asks again without finishing), and a worker that already
   has an active run gets that run again instead of a new one. A call that ran none of its run and
@@ -57,17 +59,17 @@ for i = 6, 5 + 2 * m, 2 do batch_max[ARGV[i]] = tonumber(ARGV[i + 1]) end
 local first = 6 + 2 * m
 local CANCELLED_UNRUN = '{"type":"Cancelled","message":"cancelled before it ran"}'
 local ran = false  -- whether any job of the run being finished ran
-for i = first + 1, #ARGV, 3 do ran = ran or ARGV[i] ~= '' end
+for i = first + 1, #ARGV, 5 do ran = ran or ARGV[i] ~= '' end
 if first <= #ARGV and (ran or take < 1) then
   local ids = {}
-  for i = first, #ARGV, 3 do ids[#ids + 1] = ARGV[i] end
+  for i = first, #ARGV, 5 do ids[#ids + 1] = ARGV[i] end
   if rcall('HGET', state, 'active') ~= table.concat(ids, ' ') then return ERR_NOT_ACTIVE end
   rcall('HSET', state, 'active', '')
   count('active', -#ids)
   -- Not run: back to the front of the worker's queue, in order, as if never taken (or
   -- cancelled, if that was requested meanwhile: it never ran).
   local unrun = 0
-  for i = #ARGV - 2, first, -3 do
+  for i = #ARGV - 4, first, -5 do
     local job = K_JOB .. ARGV[i]
     if ARGV[i + 1] == '' and rcall('HGET', job, 'cancel') == '1' then
       finish(ARGV[i], 'cancelled', 'error', CANCELLED_UNRUN, now)
@@ -81,17 +83,28 @@ if first <= #ARGV and (ran or take < 1) then
   end
   count('assigned', unrun)
   local held = nil  -- a strict retry: it goes back to its tag after the others are recorded
-  for i = first, #ARGV, 3 do
+  -- A job's record says when it really ran (taken with others, it started later than the call
+  -- that took it), never before the end of the worker's previous job: the worker's clock and
+  -- Redis's differ by a round trip, and the records must not show a tag running twice at once.
+  local last_end = tonumber(rcall('HGET', state, 'ended')) or 0
+  for i = first, #ARGV, 5 do
     local finished, outcome, data = ARGV[i], ARGV[i + 1], ARGV[i + 2]
     local job = K_JOB .. finished
+    local ended = now
+    if outcome ~= '' and ARGV[i + 3] ~= '' then
+      local started = math.max(now - tonumber(ARGV[i + 3]), last_end)
+      rcall('HSET', job, 'started', started)
+      ended = math.max(now - tonumber(ARGV[i + 4]), started)
+    end
+    if outcome ~= '' then last_end = ended end
     if outcome ~= '' and outcome ~= 'completed' and rcall('HGET', job, 'cancel') == '1' then
       outcome = 'cancelled'  -- its cancellation was requested: no more attempts
     end
     if outcome == 'completed' then
-      finish(finished, 'completed', 'result', data, now)
+      finish(finished, 'completed', 'result', data, ended)
     elseif outcome == 'failed' or outcome == 'cancelled' then
       add_history(finished, data)
-      finish(finished, outcome, 'error', data, now)
+      finish(finished, outcome, 'error', data, ended)
     elseif outcome == 'retry' then
       add_history(finished, data)
       local due = now + tonumber(ARGV[3])
@@ -106,6 +119,7 @@ if first <= #ARGV and (ran or take < 1) then
       end
     end
   end
+  rcall('HSET', state, 'ended', last_end)
   if held then
     local queued = rcall('LRANGE', K_WQ .. w, 0, -1)
     rcall('DEL', K_WQ .. w)
