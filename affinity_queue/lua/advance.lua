@@ -100,11 +100,14 @@ if first <= #ARGV and (ran or take < 1) then
     if outcome ~= '' and outcome ~= 'completed' and rcall('HGET', job, 'cancel') == '1' then
       outcome = 'cancelled'  -- its cancellation was requested: no more attempts
     end
+    -- Retention ranks records by when they were recorded (now); the record says when it ended.
     if outcome == 'completed' then
-      finish(finished, 'completed', 'result', data, ended)
+      finish(finished, 'completed', 'result', data, now)
+      if ended ~= now then rcall('HSET', job, 'finished', ended) end
     elseif outcome == 'failed' or outcome == 'cancelled' then
       add_history(finished, data)
-      finish(finished, outcome, 'error', data, ended)
+      finish(finished, outcome, 'error', data, now)
+      if ended ~= now then rcall('HSET', job, 'finished', ended) end
     elseif outcome == 'retry' then
       add_history(finished, data)
       local due = now + tonumber(ARGV[3])
