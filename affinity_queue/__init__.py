@@ -3,6 +3,7 @@
 from .core import AffinityQueue
 from .errors import (
     AffinityQueueError,
+    BatchFailure,
     ConfigMismatchError,
     DataLostError,
     HookError,
@@ -60,6 +61,7 @@ __all__ = [
     "AffinityQueue",
     "AffinityQueueDep",
     "AffinityQueueError",
+    "BatchFailure",
     "CancelOutcome",
     "ConfigMismatchError",
     "DataLostError",

@@ -292,6 +292,19 @@ class AffinityQueue:
         processes whose APP_ROLE runs workers run them."""
         return self._get(queue).worker.handler(type, timeout_s=timeout_s)
 
+    def batch_handler(
+        self,
+        type: str,
+        *,
+        max_size: int,
+        queue: str = DEFAULT_QUEUE,
+        timeout_s: float | None = None,
+    ) -> Callable[[HandlerT], HandlerT]:
+        """Register the decorated function as the batch handler of ``type`` on ``queue``: one
+        call gets up to ``max_size`` queued tasks of one tag (see
+        :meth:`WorkerService.register_batch_handler`)."""
+        return self._get(queue).worker.batch_handler(type, max_size=max_size, timeout_s=timeout_s)
+
     def periodic(
         self,
         cron: str | None = None,

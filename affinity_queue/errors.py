@@ -26,8 +26,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import IntEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import AuthenticationError
 
@@ -267,3 +268,25 @@ class Retry(Exception):
 
 class PermanentFailure(Exception):
     """Raise in a handler to fail the job now, whatever attempts it has left."""
+
+
+class BatchFailure(Exception):
+    """Raise in a batch handler when task ``index`` of the batch failed with ``error``:
+    ``results`` are those of the tasks before it (one each, in order). Task ``index`` follows
+    the retry rules (``error`` may be a :class:`Retry` or :class:`PermanentFailure`); the tasks
+    after it did not run and go back to the front of their tag, in order."""
+
+    def __init__(self, index: int, error: Exception, results: Sequence[Any] = ()) -> None:
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise ValueError(f"BatchFailure: index must be an integer >= 0, got {index!r}")
+        if not isinstance(error, Exception):
+            raise TypeError(f"BatchFailure: error must be an exception, got {error!r}")
+        if len(results) != index:
+            raise ValueError(
+                f"BatchFailure: task {index} failed, so {index} results (of the tasks before "
+                f"it) are needed, got {len(results)}"
+            )
+        super().__init__(f"task {index} of the batch failed: {type(error).__name__}: {error}")
+        self.index = index
+        self.error = error
+        self.results = list(results)

@@ -160,6 +160,12 @@ class Job(_Model):
         )
 
 
+def first_active(h: dict[str, str]) -> str | None:
+    """The first job of a worker state's active run (``active`` lists its ids): the one that
+    runs first, and with a run of several, what the stats call its running job."""
+    return next(iter((h.get("active") or "").split()), None)
+
+
 class WorkerState(_Model):
     worker_id: str
     status: str
@@ -190,7 +196,7 @@ class WorkerState(_Model):
             current_identify_tag=tag_from_id(tid) if tid else None,
             current_batch_size=int(h.get("batch", 0)),
             queue_length=queue_length,
-            active_job_id=h.get("active") or None,
+            active_job_id=first_active(h),
             active_job_started_at=_ms_to_datetime(started),
             active_job_progress=json.loads(progress) if progress else None,
             host=h.get("host"),

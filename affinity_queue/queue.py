@@ -42,6 +42,7 @@ from .models import (
     TagInfo,
     Task,
     WorkerState,
+    first_active,
 )
 from .notify import Waiters
 from .settings import MAX_ATTEMPTS_LIMIT, QueueSettings
@@ -716,14 +717,14 @@ class QueueService:
         counts, worker_ids, leader, periodic = await self._guard(overview)
         per_worker = await self._guard(per_worker_state) if worker_ids else []
         # One field pair per running job (bounded by the workers, and progress by its size cap).
-        active = [h.get("active") for h in per_worker[0::2] if h.get("active")]
+        active = [job for h in per_worker[0::2] if (job := first_active(h))]
         times = dict(zip(active, await self._guard(running), strict=True)) if active else {}
         workers = [
             WorkerState.from_redis(
                 wid,
                 per_worker[2 * i],
                 per_worker[2 * i + 1],
-                times.get(per_worker[2 * i].get("active"), (None, None)),
+                times.get(first_active(per_worker[2 * i]) or "", (None, None)),
             )
             for i, wid in enumerate(worker_ids)
         ]

@@ -14,13 +14,14 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .aio import cancel_and_wait, supervise
 from .errors import (
+    BatchFailure,
     ConfigMismatchError,
     DataLostError,
     HookError,
@@ -58,6 +59,15 @@ MAX_PROGRESS_BYTES = 4096
 """Largest ``ctx.set_progress()`` value, as JSON bytes: progress is a number or a small object."""
 PROGRESS_INTERVAL_S = 0.5
 """Shortest time between two progress writes of one job; faster calls are coalesced."""
+MAX_BATCH_CALL = 200
+"""Largest ``max_size`` of a batch handler: one ``advance`` records a whole batch and takes the
+next, and Redis serves nobody else meanwhile (about 18 µs per task here: 4 ms for 200)."""
+PREFETCH = 20
+"""Jobs of its tag a worker takes in one ``advance`` while its jobs finish within QUICK_RUN_S:
+it runs them one after the other without a round trip in between."""
+QUICK_RUN_S = 0.005
+"""A run this short (each job's, handler included) lets the worker's next take be PREFETCH
+jobs; a longer one, a failure or a new worker takes one job at a time."""
 
 
 async def _call_hook(hook: Callable[..., Any], *args: Any) -> Any:
@@ -73,6 +83,7 @@ class _Binding:
     tag: str
     state: dict[str, Any] = field(default_factory=dict)
     jobs: int = 0
+    """Jobs run in this binding."""
 
 
 @dataclass(eq=False, slots=True)
@@ -117,9 +128,11 @@ class _Handler:
     is_async: bool
     wants_context: bool
     timeout_s: float | None
+    max_size: int = 0
+    """The most tasks of one call, for a batch handler; 0 for a handler of one task."""
 
     @classmethod
-    def of(cls, fn: Callable[..., Any], timeout_s: float | None) -> _Handler:
+    def of(cls, fn: Callable[..., Any], timeout_s: float | None, max_size: int = 0) -> _Handler:
         params = [
             p
             for p in inspect.signature(fn).parameters.values()
@@ -130,16 +143,19 @@ class _Handler:
         wants_context = len(params) >= 2 or params[0].kind is inspect.Parameter.VAR_POSITIONAL
         if timeout_s is not None and timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
-        return cls(fn, inspect.iscoroutinefunction(fn), wants_context, timeout_s)
+        return cls(fn, inspect.iscoroutinefunction(fn), wants_context, timeout_s, max_size)
 
 
 @dataclass(frozen=True, slots=True)
 class _Outcome:
-    """What ``advance`` records for a finished run: completed, failed, or retry after a delay."""
+    """What ``advance`` records for a finished run: completed, failed, or retry after a delay;
+    when it started and ended (``time.perf_counter()``; 0 when unknown)."""
 
     kind: str
     data: str
     retry_delay_ms: int = 0
+    started: float = 0.0
+    ended: float = 0.0
 
 
 def _error_json(
@@ -153,11 +169,11 @@ def _error_json(
 
 @dataclass(frozen=True, slots=True)
 class _Run:
-    """A handler run of one worker: ``done`` resolves when the handler's code has returned
-    (not when we stop waiting for it), so the worker and its tag are held until then;
-    ``cancel`` interrupts what can be interrupted (async code)."""
+    """A handler run of one worker (one job, or a batch): ``done`` resolves when the handler's
+    code has returned (not when we stop waiting for it), so the worker and its tag are held
+    until then; ``cancel`` interrupts what can be interrupted (async code)."""
 
-    ctx: JobContext
+    contexts: list[JobContext]
     type: str
     done: asyncio.Future[Any]
     cancel: Callable[[], Any]
@@ -237,6 +253,8 @@ class WorkerService(QueueRuntime):
         super().__post_init__()
         self._log = queue_log(log, self.name)
         self._handlers: dict[str, _Handler] = {}
+        self._batch_sizes: dict[str, int] = {}  # batch handler types -> their max_size
+        self._quick: set[int] = set()  # slots whose last run was quick: they prefetch
         self._stopping = False
         self._slots: dict[int, asyncio.Task[None]] = {}
         self._heartbeat: asyncio.Task[None] | None = None
@@ -274,6 +292,38 @@ class WorkerService(QueueRuntime):
         if not type:
             raise ValueError("handler type must be a non-empty string")
         self._handlers[type] = _Handler.of(fn, timeout_s)
+        self._batch_sizes.pop(type, None)
+
+    def register_batch_handler(
+        self, type: str, fn: Callable[..., Any], *, max_size: int, timeout_s: float | None = None
+    ) -> None:
+        """Run ``fn(payloads)`` or ``fn(payloads, contexts)`` for up to ``max_size`` jobs of
+        ``type`` at once: jobs of one tag, in order, that the worker holding the tag already has
+        queued (it does not wait for more). ``fn`` returns one result per job, in order; raising
+        fails the first job, and :class:`BatchFailure` reports the results of a prefix and the
+        failure of the job after it. The jobs after a failed one go back to the front of their
+        tag unstarted; the failed one follows the retry rules. ``timeout_s`` bounds one call (the
+        smallest of the jobs' own timeouts wins; TASK_TIMEOUT is the default); a call that runs
+        past it fails its first job. A batch counts as that many jobs of the tag's
+        MAX_BATCH_SIZE, so ``max_size`` may not exceed it.
+        """
+        if not type:
+            raise ValueError("handler type must be a non-empty string")
+        if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
+            raise ValueError(f"max_size must be a positive integer, got {max_size!r}")
+        if max_size > MAX_BATCH_CALL:
+            raise ValueError(
+                f"max_size {max_size} of the batch handler of {type!r} is over {MAX_BATCH_CALL}: "
+                "one script call records a whole batch, and Redis serves nobody else meanwhile"
+            )
+        if max_size > self.settings.max_batch_size:
+            raise ValueError(
+                f"max_size {max_size} of the batch handler of {type!r} exceeds MAX_BATCH_SIZE "
+                f"{self.settings.max_batch_size} of queue {self.name!r}: a worker runs at most "
+                "MAX_BATCH_SIZE jobs of a tag in a row, so no batch could be larger"
+            )
+        self._handlers[type] = _Handler.of(fn, timeout_s, max_size)
+        self._batch_sizes[type] = max_size
 
     def handler(
         self, type: str, *, timeout_s: float | None = None
@@ -282,6 +332,17 @@ class WorkerService(QueueRuntime):
 
         def decorate(fn: HandlerT) -> HandlerT:
             self.register_handler(type, fn, timeout_s=timeout_s)
+            return fn
+
+        return decorate
+
+    def batch_handler(
+        self, type: str, *, max_size: int, timeout_s: float | None = None
+    ) -> Callable[[HandlerT], HandlerT]:
+        """Decorator form of :meth:`register_batch_handler`."""
+
+        def decorate(fn: HandlerT) -> HandlerT:
+            self.register_batch_handler(type, fn, max_size=max_size, timeout_s=timeout_s)
             return fn
 
         return decorate
@@ -421,7 +482,8 @@ class WorkerService(QueueRuntime):
             await asyncio.wait(busy.values(), timeout=max(0.0, grace_end - loop.time()))
         late = [task for task in busy.values() if not task.done()]
         for run in self._running.values():
-            run.ctx.cancelled = True
+            for ctx in run.contexts:
+                ctx.cancelled = True
         await cancel_and_wait(
             [*late, *([self._heartbeat] if self._heartbeat else [])], logger=self._log
         )
@@ -436,9 +498,9 @@ class WorkerService(QueueRuntime):
                     "lapses (HEARTBEAT_TIMEOUT), then the leader hands the job back",
                     self.name,
                     wid,
-                    run.ctx.job_id,
+                    run.contexts[0].job_id,
                     run.type,
-                    run.ctx.identify_tag,
+                    run.contexts[0].identify_tag,
                 )
         stuck = {wid for wid, run in self._running.items() if not run.done.done()}
         done = [wid for wid in self._ids(busy) if wid not in stuck]
@@ -549,13 +611,14 @@ class WorkerService(QueueRuntime):
         return wid
 
     async def _work(self, slot: int, wid: str) -> None:
-        """Run jobs until stopping. Finishing one and taking the next is one ``advance`` call."""
-        job = await self._advance(wid, None, _NOTHING)
-        refused = await self._track(slot, wid, job, _NOTHING)
+        """Run jobs until stopping. Finishing one run and taking the next is one ``advance``."""
+        self._quick.discard(slot)
+        run = await self._advance(slot, wid, [], [])
+        refused = await self._track(slot, wid, run, _NOTHING)
         wake_key = self._keys.worker_wake(wid)
         wait_s = min(self.settings.heartbeat_interval_ms / 1000, WAIT_CAP_S)
         while True:
-            if job is None:
+            if not run:
                 if self._stopping:
                     return
                 woken = await self._net.retry(
@@ -567,33 +630,73 @@ class WorkerService(QueueRuntime):
                 if wid in self._lost:  # the heartbeat found the lease gone
                     raise LeaseLostError(wid)
                 if woken:  # bound by the scheduler (or nudged by the heartbeat)
-                    job = await self._advance(wid, None, _NOTHING)
-                    refused = await self._track(slot, wid, job, _NOTHING)
+                    run = await self._advance(slot, wid, [], [])
+                    refused = await self._track(slot, wid, run, _NOTHING)
                 continue
             self._busy.add(slot)
             try:
-                began = time.perf_counter()
-                binding = self._bindings.get(slot)
-                tag_state = binding.state if binding else {}
-                outcome = await self._execute(wid, job, tag_state, refused)
-                if self.metrics is not None:
-                    self.metrics.finished(job.type, outcome.kind, time.perf_counter() - began)
-                finished = job.id
+                outcomes = await self._run_all(slot, wid, run, refused)
                 try:
-                    job = await self._advance(wid, job, outcome)
+                    run = await self._advance(slot, wid, run, outcomes)
                 except LeaseLostError as e:
-                    e.job_id = finished
+                    e.job_id = run[0].id
                     raise
-                refused = await self._track(slot, wid, job, outcome)
+                refused = await self._track(slot, wid, run, outcomes[-1])
             finally:
                 self._busy.discard(slot)
 
+    async def _run_all(
+        self, slot: int, wid: str, run: list[RawJob], refused: Exception | None
+    ) -> list[_Outcome]:
+        """The outcomes of a prefix of ``run`` (at least its first job): a batch handler's
+        call, or one job after the other until one does not complete or the worker stops."""
+        binding = self._bindings.get(slot)
+        tag_state = binding.state if binding else {}
+        handler = self._handlers.get(run[0].type)
+        began = time.perf_counter()
+        quick = False
+        if handler is not None and handler.max_size and refused is None:
+            outcomes = await self._execute_batch(wid, run, handler, tag_state)
+            ended = time.perf_counter()
+            outcomes = [replace(o, started=began, ended=ended) for o in outcomes]
+            if self.metrics is not None:
+                spent = (time.perf_counter() - began) / len(outcomes)
+                for job, outcome in zip(run, outcomes, strict=False):
+                    self.metrics.started(job.type, job.wait_ms)
+                    self.metrics.finished(job.type, outcome.kind, spent)
+        else:
+            outcomes = []
+            for job in run:
+                if outcomes and (self._stopping or wid in self._lost):
+                    break
+                if self.metrics is not None:
+                    self.metrics.started(job.type, job.wait_ms)
+                outcome = await self._execute(wid, job, tag_state, refused)
+                refused = None
+                now = time.perf_counter()
+                outcome = replace(outcome, started=began, ended=now)
+                if self.metrics is not None:
+                    self.metrics.finished(job.type, outcome.kind, now - began)
+                quick = now - began < QUICK_RUN_S
+                began = now
+                outcomes.append(outcome)
+                if outcome.kind != "completed" or not quick:
+                    break
+        if binding is not None:
+            binding.jobs += len(outcomes)
+        if len(outcomes) == len(run) and all(o.kind == "completed" for o in outcomes) and quick:
+            self._quick.add(slot)
+        else:
+            self._quick.discard(slot)
+        return outcomes
+
     async def _track(
-        self, slot: int, wid: str, job: RawJob | None, last: _Outcome
+        self, slot: int, wid: str, run: list[RawJob], last: _Outcome
     ) -> Exception | None:
         """Follow this worker's binding from what ``advance`` gave it: no job (it was not
         stopping) means the script released the tag; a job of another tag means a new binding.
-        Returns the error of an ``on_tag_bound`` hook, which fails the job."""
+        Returns the error of an ``on_tag_bound`` hook, which fails the run's first job."""
+        job = run[0] if run else None
         binding = self._bindings.get(slot)
         if binding is not None and (job is None or job.identify_tag != binding.tag):
             if job is None and self._stopping:
@@ -608,8 +711,6 @@ class WorkerService(QueueRuntime):
             binding = None
         if job is None:
             return None
-        if self.metrics is not None:
-            self.metrics.started(job.type, job.wait_ms)
         if binding is None:
             binding = _Binding(job.identify_tag)
             event = TagEvent(self.name, job.identify_tag, wid, binding.state)
@@ -619,7 +720,6 @@ class WorkerService(QueueRuntime):
                 except Exception as e:
                     return e  # not bound as far as the hooks go: the next job tries again
             self._bindings[slot] = binding
-        binding.jobs += 1
         return None
 
     async def _release(self, slot: int, wid: str, reason: str) -> None:
@@ -643,23 +743,43 @@ class WorkerService(QueueRuntime):
                     extra={"queue": self.name, "tag": binding.tag, "worker_id": wid},
                 )
 
-    async def _advance(self, wid: str, done: RawJob | None, outcome: _Outcome) -> RawJob | None:
-        finished = done.id if done else ""
-        take_next = not self._stopping
+    async def _advance(
+        self, slot: int, wid: str, run: list[RawJob], outcomes: list[_Outcome]
+    ) -> list[RawJob]:
+        """Record the outcomes of ``run``'s first jobs (the rest go back unstarted) and take
+        the next run: PREFETCH jobs after a quick run, else one (a batch type: its max_size)."""
+        sent = time.perf_counter()
+
+        def ago_ms(t: float) -> int | str:
+            return round((sent - t) * 1000) if t else ""
+
+        done: list[Any] = [
+            (job.id, o.kind, o.data, ago_ms(o.started), ago_ms(o.ended))
+            for job, o in zip(run, outcomes, strict=False)
+        ]
+        done += [(job.id, "", "", "", "") for job in run[len(outcomes) :]]
+        take = 0 if self._stopping else PREFETCH if slot in self._quick else 1
+        last = outcomes[-1] if outcomes else _NOTHING
         order = self.settings.retry_order.value
 
-        async def call() -> RawJob | None:
-            nonlocal finished
-            o = outcome
+        async def call() -> list[RawJob]:
+            nonlocal done
             try:
-                return await self._scripts.advance(
-                    wid, finished, o.kind, o.data, take_next, o.retry_delay_ms, order
+                return await self._scripts.advance_run(
+                    wid,
+                    done,
+                    take,
+                    batch_sizes=self._batch_sizes,
+                    retry_delay_ms=last.retry_delay_ms,
+                    retry_order=order,
                 )
             except JobNotActiveError:
                 # Only after a retry: the first attempt landed but its reply was lost. Asking
-                # again without finishing returns the job that attempt started, if any.
-                finished = ""
-                return await self._scripts.advance(wid, finished, o.kind, o.data, take_next)
+                # again without finishing returns the run that attempt started, if any.
+                done = []
+                return await self._scripts.advance_run(
+                    wid, done, take, batch_sizes=self._batch_sizes
+                )
 
         return await self._net.retry(call, what=f"worker {wid}: advance")
 
@@ -687,17 +807,7 @@ class WorkerService(QueueRuntime):
             )
             error = _error_json(job.attempts, None, type_="UnknownTaskType", message=message)
             return self._failed(job, error, f"UnknownTaskType: {message}", wid=wid)
-        ctx = JobContext(
-            job_id=job.id,
-            identify_tag=job.identify_tag,
-            worker_id=wid,
-            attempt=job.attempts,
-            max_attempts=job.max_attempts,
-            queue=self.name,
-            state=self.state,
-            tag_state=tag_state,
-            _progress=_Progress(self, wid, job.id),
-        )
+        ctx = self._context(wid, job, tag_state)
         args: tuple[Any, ...] = (json.loads(job.payload),)
         if handler.wants_context:
             args += (ctx,)
@@ -707,25 +817,7 @@ class WorkerService(QueueRuntime):
             else handler.timeout_s or (self.settings.task_timeout_ms / 1000 or None)
         )
         done, cancel = self._start_run(handler, args, ctx, job)
-        run = self._running[wid] = _Run(ctx, job.type, done, cancel)
-
-        def ended(_: asyncio.Future[Any]) -> None:
-            if self._running.get(wid) is run:
-                del self._running[wid]
-
-        done.add_done_callback(ended)
-        try:
-            finished, _ = await asyncio.wait([done], timeout=timeout_s)
-            if not finished:
-                self._overran(job, ctx, timeout_s)
-                cancel()
-                await asyncio.wait([done])  # exclusivity is judged in real time
-        except asyncio.CancelledError:  # stop() past the grace period
-            cancel()
-            raise
-        if not finished:
-            if not done.cancelled():
-                done.exception()  # retrieved: a late result or error is ignored
+        if not await self._hold(wid, _Run([ctx], job.type, done, cancel), job, timeout_s):
             return self._failure(
                 job, TimeoutError(f"the handler of {job.type!r} ran past {timeout_s} s"), wid
             )
@@ -746,6 +838,80 @@ class WorkerService(QueueRuntime):
             )
             error = _error_json(job.attempts, None, type_=type(exc).__name__, message=message)
             return self._failed(job, error, f"{type(exc).__name__}: {message}", wid=wid)
+
+    def _context(self, wid: str, job: RawJob, tag_state: dict[str, Any]) -> JobContext:
+        return JobContext(
+            job_id=job.id,
+            identify_tag=job.identify_tag,
+            worker_id=wid,
+            attempt=job.attempts,
+            max_attempts=job.max_attempts,
+            queue=self.name,
+            state=self.state,
+            tag_state=tag_state,
+            _progress=_Progress(self, wid, job.id),
+        )
+
+    async def _execute_batch(
+        self, wid: str, run: list[RawJob], handler: _Handler, tag_state: dict[str, Any]
+    ) -> list[_Outcome]:
+        """One call of a batch handler for ``run`` (jobs of one type); the outcomes of the
+        jobs up to the first that did not complete."""
+        first = run[0]
+        contexts = [self._context(wid, job, tag_state) for job in run]
+        args: tuple[Any, ...] = ([json.loads(job.payload) for job in run],)
+        if handler.wants_context:
+            args += (contexts,)
+        own = [job.timeout_ms / 1000 for job in run if job.timeout_ms]
+        timeout_s = (
+            min(own) if own else handler.timeout_s or (self.settings.task_timeout_ms / 1000 or None)
+        )
+        name = f"aq-handler-{self.name}-{first.id}+{len(run) - 1}"
+        if handler.is_async:
+            task = asyncio.create_task(handler.fn(*args), name=name)
+            done: asyncio.Future[Any] = task
+            cancel: Callable[[], Any] = task.cancel
+        else:
+            done, cancel = _in_thread(partial(handler.fn, *args), name), lambda: None
+        what = f"the batch handler of {first.type!r}"
+        if not await self._hold(wid, _Run(contexts, first.type, done, cancel), first, timeout_s):
+            return [self._failure(first, TimeoutError(f"{what} ran past {timeout_s} s"), wid)]
+        try:
+            results = done.result()
+        except asyncio.CancelledError:  # the handler cancelled itself
+            return [self._failure(first, RuntimeError(f"{what} was cancelled"), wid)]
+        except BatchFailure as bf:
+            if bf.index >= len(run):
+                wrong = ValueError(f"{what} raised {bf!r} for a batch of {len(run)} tasks")
+                return [self._failure(first, wrong, wid)]
+            outcomes = self._results(run, bf.results, what, wid)
+            if len(outcomes) < bf.index:  # a result that is not JSON failed earlier
+                return outcomes
+            return [*outcomes, self._failure(run[bf.index], bf.error, wid)]
+        except Exception as exc:  # a handler's failure is the job's outcome, not the worker's
+            return [self._failure(first, exc, wid)]
+        if not isinstance(results, (list, tuple)) or len(results) != len(run):
+            got = f"{len(results)} results" if isinstance(results, (list, tuple)) else results
+            bad = TypeError(f"{what} returned {got!r} for {len(run)} tasks: one result each")
+            return [self._failure(first, bad, wid)]
+        return self._results(run, results, what, wid)
+
+    def _results(
+        self, run: list[RawJob], results: Sequence[Any], what: str, wid: str
+    ) -> list[_Outcome]:
+        """Completed outcomes for ``results`` (one per job of ``run``, in order), up to a
+        result that is not JSON: that job fails for good."""
+        outcomes: list[_Outcome] = []
+        for job, result in zip(run, results, strict=False):
+            try:
+                outcomes.append(_Outcome("completed", dumps(result)))
+            except (TypeError, ValueError) as exc:
+                message = f"{what} returned a result that is not JSON-serialisable: {exc}"
+                error = _error_json(job.attempts, None, type_=type(exc).__name__, message=message)
+                reason = f"{type(exc).__name__}: {message}"
+                outcomes.append(self._failed(job, error, reason, wid=wid))
+                break
+        return outcomes
 
     def _start_run(
         self, handler: _Handler, args: tuple[Any, ...], ctx: JobContext, job: RawJob
@@ -785,17 +951,43 @@ class WorkerService(QueueRuntime):
         raw = await self._redis.get(self._keys.trace(job_id.partition("-")[2]))
         return dict(json.loads(raw)) if raw else {}
 
-    def _overran(self, job: RawJob, ctx: JobContext, timeout_s: float | None) -> None:
-        ctx.cancelled = True
+    async def _hold(self, wid: str, run: _Run, job: RawJob, timeout_s: float | None) -> bool:
+        """Wait for ``run`` to end, at most ``timeout_s``; past it, flag its contexts, interrupt
+        it and wait for its real end all the same (exclusivity is judged in real time). True
+        when it ended in time; a late result or error is ignored."""
+        self._running[wid] = run
+
+        def ended(_: asyncio.Future[Any]) -> None:
+            if self._running.get(wid) is run:
+                del self._running[wid]
+
+        run.done.add_done_callback(ended)
+        try:
+            finished, _ = await asyncio.wait([run.done], timeout=timeout_s)
+            if not finished:
+                self._overran(job, run.contexts, timeout_s)
+                run.cancel()
+                await asyncio.wait([run.done])
+        except asyncio.CancelledError:  # stop() past the grace period
+            run.cancel()
+            raise
+        if not finished and not run.done.cancelled():
+            run.done.exception()  # retrieved
+        return bool(finished)
+
+    def _overran(self, job: RawJob, contexts: list[JobContext], timeout_s: float | None) -> None:
+        for ctx in contexts:
+            ctx.cancelled = True
         self._log.warning(
-            "queue %s: job %s (type %r, tag %r) ran past its timeout of %s s; ctx.cancelled is "
-            "set, and the worker holds the tag until the handler returns",
+            "queue %s: job %s (type %r, tag %r%s) ran past its timeout of %s s; ctx.cancelled "
+            "is set, and the worker holds the tag until the handler returns",
             self.name,
             job.id,
             job.type,
             job.identify_tag,
+            f", in a batch of {len(contexts)}" if len(contexts) > 1 else "",
             timeout_s,
-            extra=self._job_extra(job, ctx.worker_id),
+            extra=self._job_extra(job, contexts[0].worker_id),
         )
 
     def _failure(self, job: RawJob, exc: Exception, wid: str = "") -> _Outcome:
@@ -865,6 +1057,7 @@ class WorkerService(QueueRuntime):
                 lost, cancel = ids, []  # they re-register; the first to do so reports the loss
             self._lost.update(lost)
             for run in self._running.values():
-                # A job of a lost worker runs again elsewhere: let its handler know.
-                if run.ctx.job_id in cancel or run.ctx.worker_id in self._lost:
-                    run.ctx.cancelled = True
+                for ctx in run.contexts:
+                    # A job of a lost worker runs again elsewhere: let its handler know.
+                    if ctx.job_id in cancel or ctx.worker_id in self._lost:
+                        ctx.cancelled = True

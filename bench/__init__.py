@@ -4,6 +4,7 @@ Run from the repository root (they start their own redis-server on a free port, 
 
     .venv/bin/python -m bench.core          # the core engine (issue 2), about 5 minutes
     .venv/bin/python -m bench.suite         # against the peers (issue 6), about 7 minutes
+    .venv/bin/python -m bench.hot           # the hot tag alone, per task and batched (issue 14)
 
 Layout, so that the suite against the peers (issue 6) adds modules beside these:
 
@@ -22,7 +23,8 @@ Layout, so that the suite against the peers (issue 6) adds modules beside these:
                 and ``process`` (worker subprocesses);
 - ``suite/``     the suite against the peers: ``workloads`` (W1-W4, W6), ``markdown``, and
                 ``__main__`` (the command), writing the ``peers`` section; W5 reuses
-                ``core.placement``.
+                ``core.placement``;
+- ``hot``       the hot tag alone, in one process: per-task and batch handlers (issue 14).
 
 The peers are in the ``bench`` extra (``pip install -e '.[bench]'``), except arq, whose
 ``redis<6`` pin would downgrade redis-py for every system: ``pip install --no-deps arq==0.28.0``.

@@ -147,11 +147,11 @@ def record_releases(monkeypatch: pytest.MonkeyPatch, events: list[Run | Release]
     no tag (it released one, or had none). The runs between two such notes are one binding."""
     advance = WorkerService._advance
 
-    async def noting(self: WorkerService, wid: str, *args: Any) -> Any:
-        job = await advance(self, wid, *args)
-        if job is None:
+    async def noting(self: WorkerService, slot: int, wid: str, *args: Any) -> Any:
+        run = await advance(self, slot, wid, *args)
+        if not run:
             events.append(Release(wid))
-        return job
+        return run
 
     monkeypatch.setattr(WorkerService, "_advance", noting)
 

@@ -226,17 +226,36 @@ class Scripts:
         retry_delay_ms: int = 0,
         retry_order: str = "strict",
     ) -> RawJob | None:
+        """Finish the one active job ``finished`` (if any) and start the next one."""
+        done = [(finished, outcome, outcome_json)] if finished else []
+        jobs = await self.advance_run(
+            worker_id, done, int(take_next), retry_delay_ms=retry_delay_ms, retry_order=retry_order
+        )
+        return jobs[0] if jobs else None
+
+    async def advance_run(
+        self,
+        worker_id: str,
+        done: list[tuple[str, str, str]] | list[tuple[str, str, str, int, int]],
+        take: int,
+        *,
+        batch_sizes: dict[str, int] | None = None,
+        retry_delay_ms: int = 0,
+        retry_order: str = "strict",
+    ) -> list[RawJob]:
+        """Finish the active run ``done`` — ``(id, outcome, JSON)`` for each of its jobs in
+        order, outcome ``""`` for one not run, optionally with how many ms before this call it
+        started and ended — and start the next run of up to ``take`` jobs (up to
+        ``batch_sizes[type]`` jobs of that type when it starts with a batch type)."""
+        pairs = [str(x) for item in sorted((batch_sizes or {}).items()) for x in item]
+        flat = [x for entry in done for x in (entry if len(entry) == 5 else (*entry, "", ""))]
         reply = await self._advance(
-            worker_id,
-            finished,
-            outcome,
-            outcome_json,
-            int(take_next),
-            retry_delay_ms,
-            retry_order,
+            worker_id, take, retry_delay_ms, retry_order, len(pairs) // 2, *pairs, *flat
         )
         result = self._check("advance", reply, worker_id)
-        return None if result == 0 else RawJob.from_reply(result)
+        if result == 0:
+            return []
+        return [RawJob.from_reply(result[i : i + 9]) for i in range(0, len(result), 9)]
 
     async def cancel(self, token: str, job_id: str) -> str:
         return str(await self._call("cancel", token, job_id))

@@ -280,6 +280,14 @@ local function add_history(id, error_json)
   rcall('HSET', job, 'history', h)
 end
 
+-- The ids of a worker's active run, in order: its state's `active` field lists them,
+-- space-separated ('' or nil when it runs nothing).
+local function active_ids(field)
+  local ids = {}
+  for id in string.gmatch(field or '', '%S+') do ids[#ids + 1] = id end
+  return ids
+end
+
 -- Put jobs back at the front of their tags, keeping the order of `ids`; status pending again.
 -- Adds every tag touched to the set `tids`; returns how many jobs went back (an id whose job
 -- record is gone is dropped). A job whose cancellation was requested while it ran ends
@@ -330,11 +338,11 @@ local function unqueue(w, cfg, budget, tids, now)
 end
 
 -- Give back up to `budget` (>= 1) of a worker's jobs to the front of their tags, in their
--- original order (its queued jobs from the tail, its active job last, so it lands in front), and
+-- original order (its queued jobs from the tail, its active run last, so it lands in front), and
 -- once all are back delete every trace of the worker. Used for graceful stops and for dead
 -- workers; a worker with a long queue takes several calls, and stays unplaceable in between.
 -- Returns the number of jobs handled, whether the worker is gone, and the ids of the first
--- NAMED_IDS of them (its active job first).
+-- NAMED_IDS of them (its active run first).
 local function hand_back(w, cfg, budget)
   local now = now_ms()
   local tids = {}
@@ -344,11 +352,12 @@ local function hand_back(w, cfg, budget)
   if empty and n < budget then
     local state = K_WS .. w
     local s = rcall('HMGET', state, 'active', 'tid')
-    if s[1] and s[1] ~= '' then
-      count('active', -1)
-      count('pending', requeue_front({ s[1] }, tids, now, nil))
-      n = n + 1
-      named[1] = s[1]
+    local active = active_ids(s[1])
+    if #active > 0 then
+      count('active', -#active)
+      count('pending', requeue_front(active, tids, now, nil))
+      n = n + #active
+      for i = 1, math.min(#active, NAMED_IDS) do named[i] = active[i] end
     end
     if s[2] and s[2] ~= '' then rcall('ZREM', K_BOUND .. s[2], w) end
     rcall('DEL', state, K_WQ .. w, K_WAKEW .. w)

@@ -1,9 +1,16 @@
 --[[
-  advance: a worker finishes its active job (if any) and starts its next one — one round trip.
+  advance: a worker finishes its active run (one job, or the several it took at once) and starts
+  its next one — one round trip.
 
-  Atomic because the job's outcome, the worker's state and the release of its tag must agree: if a
+  Atomic because the outcomes, the worker's state and the release of its tag must agree: if a
   worker released its tag in a separate step, the scheduler could hand the tag to a second worker
   while the first still runs one of its jobs, and the tag would run twice at once.
+
+  A run is the jobs a worker took in one call, in order: one job, a batch for a batch handler
+  (jobs of one type), or several for a per-task handler that runs them one after the other. The
+  worker's state field `active` lists them (space-separated ids). The caller reports an outcome
+  for a prefix of the run; the jobs it did not run go back to the front of its queue, unstarted
+  (their attempt is not counted), and come back in its next run.
 
   The tag is released when the worker's queue is drained (with a full batch the scheduler stops
   filling the queue, so "batch full and all done" is the same event).
@@ -12,98 +19,184 @@
   retried, never a dead letter).
   A retry in strict order puts the job back at the head of its tag, with the worker's queued jobs
   of the tag behind it, holds the tag until the retry is due and releases the worker: later jobs
-  of the tag cannot overtake it. In relaxed order the job waits in the delayed set and the worker
-  goes on.
+  of the tag cannot overtake it (it must be the last job of the run that ran). In relaxed order
+  the job waits in the delayed set and the worker goes on.
 
   KEYS: the shared table (see _shared.lua).
   ARGV[1]  worker id
-  ARGV[2]  id of the job being finished, or '' when nothing is finished
-  ARGV[3]  outcome of that job: 'completed' | 'failed' | 'retry'
-  ARGV[4]  result (JSON text) when completed, error (JSON text) otherwise
-  ARGV[5]  '1' to start the next job, '0' when the worker is stopping
-  ARGV[6]  for a retry: its delay in ms
-  ARGV[7]  for a retry: 'strict' | 'relaxed' order
-  Safe to repeat: a job is finished only while it is the worker's active one (a repeat gets
+  ARGV[2]  take: the most jobs to start as the next run; 0 when the worker is stopping
+  ARGV[3]  for a retry: its delay in ms
+  ARGV[4]  for a retry: 'strict' | 'relaxed' order
+  ARGV[5]  m: how many batch types follow
+  ARGV[6..] m pairs (type, most jobs of one batch): a run that starts with a job of such a type
+           takes up to that many jobs of that type; a run of other jobs takes up to `take` jobs
+           and stops before a job of a batch type; then the active run, five values per job:
+           id, outcome ('completed' | 'failed' | 'retry' | '' for not run), JSON (the result
+           when completed, the error otherwise), and how many ms before this call the job
+           started and ended ('' and '': when the call that took it started it); nothing when
+           nothing is finished.
+  Safe to repeat: a run is finished only while it is the worker's active run (a repeat gets
   ERR_NOT_ACTIVE, and the caller then asks again without finishing), and a worker that already
-  has an active job gets that job again instead of a new one.
+  has an active run gets that run again instead of a new one. A call that ran none of its run and
+  takes again changes nothing and gets the same run back (sent back and taken again, it would be
+  the same run, and a repeat could not tell it had been recorded).
 
   Returns: {id, type, identify_tag, payload, attempts, max_attempts, backoff ms, timeout ms,
-           wait ms (from its add, or the end of its delay, to this start)} of the job now
-           active; 0 when none;
+           wait ms (from its add, or the end of its delay, to this start)} per job of the run
+           now active, flattened; 0 when none;
            ERR_LEASE_LOST (-1) when the worker's lease is gone or expired (its jobs are handed
            elsewhere: it must not start or finish anything);
-           ERR_NOT_ACTIVE (-3) when the job to finish is not this worker's active job.
+           ERR_NOT_ACTIVE (-3) when the run to finish is not this worker's active run.
 ]]
-local w, finished, outcome = ARGV[1], ARGV[2], ARGV[3]
+local w = ARGV[1]
 local state = K_WS .. w
 local now = now_ms()
 if not live_lease(w, now) then return ERR_LEASE_LOST end
 local cfg = load_config()
-local take_next = ARGV[5] == '1'
-if finished ~= '' then
-  if rcall('HGET', state, 'active') ~= finished then return ERR_NOT_ACTIVE end
+local take = tonumber(ARGV[2])
+local m = tonumber(ARGV[5])
+local batch_max = {}
+for i = 6, 5 + 2 * m, 2 do batch_max[ARGV[i]] = tonumber(ARGV[i + 1]) end
+local first = 6 + 2 * m
+local CANCELLED_UNRUN = '{"type":"Cancelled","message":"cancelled before it ran"}'
+local ran = false  -- whether any job of the run being finished ran
+for i = first + 1, #ARGV, 5 do ran = ran or ARGV[i] ~= '' end
+if first <= #ARGV and (ran or take < 1) then
+  local ids = {}
+  for i = first, #ARGV, 5 do ids[#ids + 1] = ARGV[i] end
+  if rcall('HGET', state, 'active') ~= table.concat(ids, ' ') then return ERR_NOT_ACTIVE end
   rcall('HSET', state, 'active', '')
-  count('active', -1)
-  local job = K_JOB .. finished
-  if outcome ~= 'completed' and rcall('HGET', job, 'cancel') == '1' then
-    outcome = 'cancelled'  -- its cancellation was requested: no more attempts
-  end
-  if outcome == 'completed' then
-    finish(finished, 'completed', 'result', ARGV[4], now)
-  elseif outcome == 'failed' or outcome == 'cancelled' then
-    add_history(finished, ARGV[4])
-    finish(finished, outcome, 'error', ARGV[4], now)
-  else
-    add_history(finished, ARGV[4])
-    local due = now + tonumber(ARGV[6])
-    rcall('HSET', job, 'error', ARGV[4], 'due', due)
-    wake_scheduler()  -- to re-plan its sleep
-    if ARGV[7] == 'strict' then
-      local ids = rcall('LRANGE', K_WQ .. w, 0, -1)
-      rcall('DEL', K_WQ .. w)
-      count('assigned', -#ids)
-      local tids = {}
-      -- The queued jobs (waiting already), then the retried one in front of them.
-      local back = requeue_front(ids, tids, now, rcall('HGET', state, 'tid'))
-      count('pending', back + requeue_front({ finished }, tids, now, nil))
-      local tid = rcall('HGET', job, 'tid')
-      -- GT: with concurrency > 1, a shorter retry must not shorten a longer one's hold.
-      if tid then rcall('ZADD', K_HELD, 'GT', due, tid) end
-      release(w, cfg)
-      for t in pairs(tids) do refresh_tag(t, cfg) end
-      return 0
+  count('active', -#ids)
+  -- Not run: back to the front of the worker's queue, in order, as if never taken (or
+  -- cancelled, if that was requested meanwhile: it never ran).
+  local unrun = 0
+  for i = #ARGV - 4, first, -5 do
+    local job = K_JOB .. ARGV[i]
+    local f = rcall('HMGET', job, 'cancel', 'tid')
+    if ARGV[i + 1] == '' and f[1] == '1' then
+      finish(ARGV[i], 'cancelled', 'error', CANCELLED_UNRUN, now)
+    elseif ARGV[i + 1] == '' then
+      rcall('LPUSH', K_WQ .. w, ARGV[i])
+      backlog(f[2], 1)  -- waiting to start again
+      rcall('HSET', job, 'status', 'assigned')
+      rcall('HDEL', job, 'started')
+      rcall('HINCRBY', job, 'attempts', -1)
+      unrun = unrun + 1
     end
-    rcall('HSET', job, 'status', 'delayed', 'front', '1')
-    rcall('ZADD', K_DELAYED, due, delayed_member(finished))
-    count('delayed', 1)
+  end
+  count('assigned', unrun)
+  local held = nil  -- a strict retry: it goes back to its tag after the others are recorded
+  -- A job's record says when it really ran (taken with others, it started later than the call
+  -- that took it), never before the end of the worker's previous job: the worker's clock and
+  -- Redis's differ by a round trip, and the records must not show a tag running twice at once.
+  local last_end = tonumber(rcall('HGET', state, 'ended')) or 0
+  for i = first, #ARGV, 5 do
+    local finished, outcome, data = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+    local job = K_JOB .. finished
+    local ended = now
+    if outcome ~= '' and ARGV[i + 3] ~= '' then
+      local started = math.max(now - tonumber(ARGV[i + 3]), last_end)
+      rcall('HSET', job, 'started', started)
+      ended = math.max(now - tonumber(ARGV[i + 4]), started)
+    end
+    if outcome ~= '' then last_end = ended end
+    if outcome ~= '' and outcome ~= 'completed' and rcall('HGET', job, 'cancel') == '1' then
+      outcome = 'cancelled'  -- its cancellation was requested: no more attempts
+    end
+    -- Retention ranks records by when they were recorded (now); the record says when it ended.
+    if outcome == 'completed' then
+      finish(finished, 'completed', 'result', data, now)
+      if ended ~= now then rcall('HSET', job, 'finished', ended) end
+    elseif outcome == 'failed' or outcome == 'cancelled' then
+      add_history(finished, data)
+      finish(finished, outcome, 'error', data, now)
+      if ended ~= now then rcall('HSET', job, 'finished', ended) end
+    elseif outcome == 'retry' then
+      add_history(finished, data)
+      local due = now + tonumber(ARGV[3])
+      rcall('HSET', job, 'error', data, 'due', due)
+      wake_scheduler()  -- to re-plan its sleep
+      if ARGV[4] == 'strict' then
+        held = finished
+      else
+        rcall('HSET', job, 'status', 'delayed', 'front', '1')
+        rcall('ZADD', K_DELAYED, due, delayed_member(finished))
+        count('delayed', 1)
+      end
+    end
+  end
+  rcall('HSET', state, 'ended', last_end)
+  if held then
+    local queued = rcall('LRANGE', K_WQ .. w, 0, -1)
+    rcall('DEL', K_WQ .. w)
+    count('assigned', -#queued)
+    local tids = {}
+    -- The queued jobs (waiting already), then the retried one in front of them.
+    local back = requeue_front(queued, tids, now, rcall('HGET', state, 'tid'))
+    count('pending', back + requeue_front({ held }, tids, now, nil))
+    local tid = rcall('HGET', K_JOB .. held, 'tid')
+    -- GT: with concurrency > 1, a shorter retry must not shorten a longer one's hold.
+    if tid then rcall('ZADD', K_HELD, 'GT', now + tonumber(ARGV[3]), tid) end
+    release(w, cfg)
+    for t in pairs(tids) do refresh_tag(t, cfg) end
+    return 0
   end
 end
-if not take_next then return 0 end
+if take < 1 then return 0 end
 local fields = { 'type', 'tag', 'payload', 'attempts', 'max_attempts', 'backoff', 'timeout',
   'created', 'due', 'started', 'tid' }
--- The reply for a started job: its fields, and how long it waited (start - max(add, due)).
-local function started(id, f)
+local out = {}
+-- A started job's reply row: its fields, and how long it waited (start - max(add, due)).
+local function append(id, f, started)
   local from = math.max(tonumber(f[8]) or 0, tonumber(f[9]) or 0)
-  local waited = math.max(0, (tonumber(f[10]) or from) - from)
-  return { id, f[1], f[2], f[3], f[4], f[5], f[6], f[7], waited }
+  out[#out + 1] = id
+  for k = 1, 7 do out[#out + 1] = f[k] end
+  out[#out + 1] = math.max(0, (tonumber(started) or from) - from)
 end
--- Still active here means a retry whose first call started this job and lost its reply (the
--- worker only asks for a job when it has none): deliver it again rather than strand it.
+-- Still active here means a retry whose first call started this run and lost its reply (the
+-- worker only asks for a run when it has none): deliver it again rather than strand it.
 local current = rcall('HGET', state, 'active')
 if current and current ~= '' then
-  return started(current, rcall('HMGET', K_JOB .. current, unpack(fields)))
+  for id in string.gmatch(current, '%S+') do
+    local f = rcall('HMGET', K_JOB .. id, unpack(fields))
+    append(id, f, f[10])
+  end
+  return out
 end
-local id = rcall('LPOP', K_WQ .. w)
+local queue = K_WQ .. w
+local id = rcall('LPOP', queue)
 if not id then
   release(w, cfg)
   return 0
 end
-local job = K_JOB .. id
-rcall('HSET', job, 'status', 'active', 'started', now, 'worker', w)
-rcall('HINCRBY', job, 'attempts', 1)
-rcall('HSET', state, 'active', id)
-count('assigned', -1)
-count('active', 1)
-local f = rcall('HMGET', job, unpack(fields))
-backlog(f[11], -1)
-return started(id, f)
+local ids = { id }
+local head = rcall('HMGET', K_JOB .. id, unpack(fields))
+local most = batch_max[head[1]] or take
+if most > 1 then
+  for _, more in ipairs(rcall('LPOP', queue, most - 1) or {}) do ids[#ids + 1] = more end
+end
+-- A batch holds jobs of its head's type only; a run of per-task jobs stops before a batch type.
+-- The jobs from the first that does not belong go back to the front, in order.
+local rows = { head }
+for i = 2, #ids do
+  local f = rcall('HMGET', K_JOB .. ids[i], unpack(fields))
+  if (batch_max[head[1]] and f[1] ~= head[1]) or (not batch_max[head[1]] and batch_max[f[1]]) then
+    break
+  end
+  rows[i] = f
+end
+for i = #ids, #rows + 1, -1 do
+  rcall('LPUSH', queue, ids[i])
+  ids[i] = nil
+end
+for i, taken in ipairs(ids) do
+  local job, f = K_JOB .. taken, rows[i]
+  rcall('HSET', job, 'status', 'active', 'started', now, 'worker', w)
+  f[4] = rcall('HINCRBY', job, 'attempts', 1)
+  backlog(f[11], -1)
+  append(taken, f, now)
+end
+rcall('HSET', state, 'active', table.concat(ids, ' '))
+count('assigned', -#ids)
+count('active', #ids)
+return out

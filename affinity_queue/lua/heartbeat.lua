@@ -24,9 +24,11 @@ for i = 3, #ARGV do
   if live_lease(w, now) then
     rcall('ZADD', K_WORKERS, until_ms, w)
     local st = rcall('HMGET', K_WS .. w, 'active', 'status')
-    local active = st[1]
-    if active and active ~= '' then
-      if rcall('HGET', K_JOB .. active, 'cancel') == '1' then cancel[#cancel + 1] = active end
+    local active = active_ids(st[1])
+    if #active > 0 then
+      for _, id in ipairs(active) do
+        if rcall('HGET', K_JOB .. id, 'cancel') == '1' then cancel[#cancel + 1] = id end
+      end
     elseif st[2] == 'running' and rcall('LLEN', K_WQ .. w) > 0
         and rcall('LLEN', K_WAKEW .. w) == 0 then
       -- Bound with work and nothing running, and no wake-up waiting: the worker missed its

@@ -7,6 +7,7 @@ default per-tag concurrency of 1.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -18,6 +19,10 @@ from .probe import record
 
 TAGS = 1_000
 MAX_BATCH = 10
+MAX_BATCH_ENV = "BENCH_MAX_BATCH"
+"""Overrides MAX_BATCH in the worker processes (W6 with a batch handler binds longer runs)."""
+HOT_BATCH = 100
+"""``max_size`` of the ``noop_batch`` batch handler (at most the MAX_BATCH in force)."""
 
 
 def queue_settings(url: str) -> QueueSettings:
@@ -30,7 +35,7 @@ def queue_settings(url: str) -> QueueSettings:
         worker_state_prefix=f"{QUEUE}-ws",
         worker_count=WORKERS,
         app_role="BOTH",
-        max_batch_size=MAX_BATCH,
+        max_batch_size=int(os.environ.get(MAX_BATCH_ENV, MAX_BATCH)),
     )
 
 
@@ -40,6 +45,13 @@ def build(url: str) -> AffinityQueue:
     @queue.handler("noop")
     async def noop(payload: int) -> None:
         record(payload, time.monotonic())
+
+    @queue.batch_handler("noop_batch", max_size=min(HOT_BATCH, queue.settings().max_batch_size))
+    async def noop_batch(payloads: list[int]) -> list[None]:
+        start = time.monotonic()
+        for payload in payloads:
+            record(payload, start)
+        return [None] * len(payloads)
 
     return queue
 

@@ -16,7 +16,8 @@ no-op that appends its id and start time to a file (``bench/peers/probe.py``), t
   task starting.
 - W4 keyed: chains of tasks that must run in order, one at a time per chain, queued first.
 - W5 backlog (ours): the placement rate against backlogs and tag counts (``bench.core``'s).
-- W6 hot tag (ours): one hot tag and many cold ones; how long the cold tasks wait.
+- W6 hot tag (ours): one hot tag and many cold ones; how long the cold tasks wait; the hot tag
+  with a per-task handler, then with a batch handler.
 
 A measurement of a slow system stops after ``cap_s`` seconds; its rate is over what it did in
 that time, and the report says so.
@@ -40,6 +41,8 @@ class Config:
     hot_tasks: int = 10_000
     cold_tags: int = 500
     cold_per_tag: int = 10
+    hot_batch_binding: int = 1_000
+    """MAX_BATCH_SIZE of W6 with a batch handler: how many hot tasks one binding runs."""
     placement_pending: tuple[int, ...] = (1_000, 100_000, 1_000_000)
     placement_tags: tuple[int, ...] = (10, 10_000, 100_000)
     placement_tags_pending: int = 1_500_000

@@ -86,6 +86,9 @@ async def run_system(bench: Bench, system: System, only: tuple[str, ...]) -> dic
         await bench.fresh(system)
         _say(f"{system.name}: W6 hot tag")
         figures["w6"] = await hot_tag(bench, system)
+        await bench.fresh(system)
+        _say(f"{system.name}: W6 hot tag, batch handler")
+        figures["w6.batch"] = await hot_tag(bench, system, batch=True)
     return figures
 
 

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 
 from ..env import Snapshot
 from ..peers import OURS, NotSupportedError, System
+from ..peers.affinity import MAX_BATCH_ENV
 from ..peers.affinity import Adapter as Ours
 from ..peers.probe import PROBE_ENV, ProbeReader
 from ..peers.process import WorkerGroup
@@ -246,18 +247,23 @@ async def not_supported(call: Any) -> dict[str, Any]:
 
 
 # -- W6 (ours) --------------------------------------------------------------------------------
-async def hot_tag(bench: Bench, ours: Ours) -> dict[str, Any]:
+async def hot_tag(bench: Bench, ours: Ours, *, batch: bool = False) -> dict[str, Any]:
     """Idle workers; then one ``add_bulk`` of ``hot_tasks`` tasks for one tag, and one of
     ``cold_tags`` x ``cold_per_tag`` tasks dealt over the cold tags. A cold task's wait is from
-    the cold ``add_bulk`` call to its start: a FIFO queue would run it after every hot task."""
+    the cold ``add_bulk`` call to its start: a FIFO queue would run it after every hot task.
+    ``batch``: the hot tasks go to the ``noop_batch`` batch handler, with MAX_BATCH_SIZE
+    ``hot_batch_binding`` (a worker holds the hot tag that long)."""
     cfg = bench.cfg
-    hot = [{"type": "noop", "identifyTag": "hot", "payload": i} for i in range(cfg.hot_tasks)]
+    kind = "noop_batch" if batch else "noop"
+    hot = [{"type": kind, "identifyTag": "hot", "payload": i} for i in range(cfg.hot_tasks)]
     n_cold = cfg.cold_tags * cfg.cold_per_tag
     cold_ids = range(cfg.hot_tasks, cfg.hot_tasks + n_cold)
     cold = [
         {"type": "noop", "identifyTag": f"cold-{i % cfg.cold_tags}", "payload": i} for i in cold_ids
     ]
     env, reader = bench.probe()
+    if batch:
+        env[MAX_BATCH_ENV] = str(cfg.hot_batch_binding)
     group = bench.spawn(ours, 1, env)
     try:
         await warm_up(bench, ours, reader, group)
@@ -270,6 +276,7 @@ async def hot_tag(bench: Bench, ours: Ours) -> dict[str, Any]:
         await group.stop()
     waits = [(reader.starts[i] - cold_at) * 1000 for i in cold_ids if i in reader.starts]
     hot_ends = [reader.ends[i] for i in range(cfg.hot_tasks) if i in reader.ends]
+    hot_first = min(reader.starts[i] for i in range(cfg.hot_tasks) if i in reader.starts)
     return {
         "cold_p50_ms": percentile(waits, 50),
         "cold_p99_ms": percentile(waits, 99),
@@ -277,5 +284,6 @@ async def hot_tag(bench: Bench, ours: Ours) -> dict[str, Any]:
         "cold_not_started": n_cold - len(waits),
         "hot_done_ms": (max(hot_ends) - hot_at) * 1000,
         "hot_rate": len(hot_ends) / (max(hot_ends) - hot_at),
+        "hot_drain_rate": len(hot_ends) / (max(hot_ends) - hot_first),
         "capped": not complete,
     }

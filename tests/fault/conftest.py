@@ -200,7 +200,9 @@ class Producer:
         self.job_ids: dict[str, str] = {}
         self._next: dict[str, int] = {}
 
-    async def add(self, tag: str, n: int = 1, *, sleep_s: float | None = None) -> list[str]:
+    async def add(
+        self, tag: str, n: int = 1, *, sleep_s: float | None = None, type_: str = "work"
+    ) -> list[str]:
         """Add ``n`` tasks of ``tag`` in one call; raises what ``add_bulk`` raises."""
         first = self._next.get(tag, 0)
         tasks, uids = [], []
@@ -209,7 +211,7 @@ class Producer:
             payload: dict[str, Any] = {"uid": uid, "seq": seq}
             if sleep_s is not None:
                 payload["sleep_s"] = sleep_s
-            tasks.append({"type": "work", "identifyTag": tag, "payload": payload})
+            tasks.append({"type": type_, "identifyTag": tag, "payload": payload})
             uids.append(uid)
         self._next[tag] = first + n  # a failed add still uses up its seqs: order stays strict
         jobs = await self.aq.queue().add_bulk(tasks)

@@ -1,7 +1,9 @@
 """One queue process for the fault tests: ``python -m tests.fault.node``.
 
 Builds ``AffinityQueue(QueueSettings())`` from the environment (the queue's own variables), runs
-handler type ``work`` and keeps two append-only files outside Redis:
+handler type ``work`` (and ``work-batch``, a batch handler of up to ``BATCH_MAX_SIZE`` tasks that
+goes through its tasks in order, each as ``work`` does) and keeps two append-only files outside
+Redis:
 
 - ``LEDGER_PATH``: one JSON line at the start and at the end of every execution (event, job id,
   tag, seq and uid from the payload, worker id, attempt, pid, time). Lines are written unbuffered
@@ -37,6 +39,18 @@ def _open(env: str) -> TextIO:
 
 def _line(out: TextIO, **fields: Any) -> None:
     out.write(json.dumps({**fields, "pid": PID, "t": time.time()}) + "\n")
+
+
+def _run_of(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """The fields of one execution's ledger lines."""
+    return {
+        "job": ctx.job_id,
+        "tag": ctx.identify_tag,
+        "seq": payload["seq"],
+        "uid": payload["uid"],
+        "worker": ctx.worker_id,
+        "attempt": ctx.attempt,
+    }
 
 
 async def _watch_leadership(aq: AffinityQueue, status: TextIO) -> None:
@@ -78,18 +92,22 @@ async def main() -> None:
 
     @aq.handler("work")
     async def work(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
-        run = {
-            "job": ctx.job_id,
-            "tag": ctx.identify_tag,
-            "seq": payload["seq"],
-            "uid": payload["uid"],
-            "worker": ctx.worker_id,
-            "attempt": ctx.attempt,
-        }
+        run = _run_of(payload, ctx)
         _line(ledger, ev="start", **run)
         await asyncio.sleep(float(payload.get("sleep_s", default_sleep_s)))
         _line(ledger, ev="end", **run)
         return {"pid": PID, "worker": ctx.worker_id, "attempt": ctx.attempt}
+
+    @aq.batch_handler("work-batch", max_size=int(os.environ.get("BATCH_MAX_SIZE", "5")))
+    async def work_batch(
+        payloads: list[dict[str, Any]], contexts: list[JobContext]
+    ) -> list[dict[str, Any]]:
+        runs = [_run_of(p, ctx) for p, ctx in zip(payloads, contexts, strict=True)]
+        for run, payload in zip(runs, payloads, strict=True):  # the rows of a bulk call, in order
+            _line(ledger, ev="start", **run)
+            await asyncio.sleep(float(payload.get("sleep_s", default_sleep_s)))
+            _line(ledger, ev="end", **run)
+        return [{"pid": PID, "worker": c.worker_id, "attempt": c.attempt} for c in contexts]
 
     if every_s := os.environ.get("PERIODIC_EVERY_S"):
         aq.add_periodic(

@@ -23,6 +23,15 @@ RECOVERY_BOUND_S = (HEARTBEAT_TIMEOUT_MS + HEARTBEAT_MS) / 1000 + 1.5
 """Lease expiry after the last heartbeat, plus one reap interval, plus the next start."""
 
 
+async def _scheduler_and_two_workers(cluster, env):
+    c = cluster(env)
+    c.spawn("sched", role="SCHEDULER")
+    c.spawn("w1", role="WORKER")
+    c.spawn("w2", role="WORKER")
+    await c.ready()
+    return c
+
+
 async def _victim_mid_batch(c, producer, tag: str):
     """Run a batch of ``tag`` until its second task is running; return (node, that run)."""
     await producer.add(tag, 6, sleep_s=0.6)
@@ -40,11 +49,7 @@ async def _victim_mid_batch(c, producer, tag: str):
 async def test_sigkill_worker_mid_batch(redis_factory, cluster, producers, queue_name) -> None:
     server = redis_factory()
     env = queue_env(server.url, queue_name, MAX_BATCH_SIZE=10)
-    c = cluster(env)
-    c.spawn("sched", role="SCHEDULER")
-    c.spawn("w1", role="WORKER")
-    c.spawn("w2", role="WORKER")
-    await c.ready()
+    c = await _scheduler_and_two_workers(cluster, env)
     producer = producers(settings_of(env))
 
     victim, interrupted = await _victim_mid_batch(c, producer, "batch")
@@ -71,14 +76,40 @@ async def test_sigkill_worker_mid_batch(redis_factory, cluster, producers, queue
     await assert_no_keys_command(server.url)
 
 
+async def test_sigkill_worker_mid_batch_call(redis_factory, cluster, producers, queue_name) -> None:
+    """A batch handler's worker killed during the call: every task of that batch is delivered
+    again elsewhere (at least once), in order, and the tasks queued behind it run once."""
+    server = redis_factory()
+    env = queue_env(server.url, queue_name, MAX_BATCH_SIZE=10, BATCH_MAX_SIZE="4")
+    c = await _scheduler_and_two_workers(cluster, env)
+    producer = producers(settings_of(env))
+    uids = await producer.add("bulk", 6, sleep_s=0.3, type_="work-batch")
+
+    def into_the_batch():
+        return [r for r in c.runs() if r.tag == "bulk"]
+
+    await wait_for(lambda: len(into_the_batch()) == 2, limit_s=15, what="the batch's 2nd task")
+    victim = next(n for n in c.nodes if n.pid == into_the_batch()[0].pid)
+    victim.send(signal.SIGKILL)
+    await producer.wait_completed(limit_s=30)
+
+    runs = c.runs()
+    ledger.check(runs, producer.expected, await producer.outcomes(), faulty_pids={victim.pid})
+    started = [r.uid for r in runs if r.pid == victim.pid]
+    assert started == uids[:2], started
+    again = ledger.repeated(runs)
+    assert set(again) == set(started), f"what the killed call started, and only it, reruns: {again}"
+    reruns = [r for r in runs if r.pid != victim.pid]
+    assert [r.uid for r in reruns] == uids, "the batch's tasks run again first, in order"
+    # The whole batch of 4 had been delivered (an attempt each), the 2 behind it had not.
+    assert [r.attempt for r in reruns] == [2, 2, 2, 2, 1, 1]
+    await assert_no_keys_command(server.url)
+
+
 async def test_sigstop_worker_past_its_lease(redis_factory, cluster, producers, queue_name) -> None:
     server = redis_factory()
     env = queue_env(server.url, queue_name, MAX_BATCH_SIZE=10)
-    c = cluster(env)
-    c.spawn("sched", role="SCHEDULER")
-    c.spawn("w1", role="WORKER")
-    c.spawn("w2", role="WORKER")
-    await c.ready()
+    c = await _scheduler_and_two_workers(cluster, env)
     producer = producers(settings_of(env))
 
     victim, paused = await _victim_mid_batch(c, producer, "batch")

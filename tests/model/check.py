@@ -74,7 +74,7 @@ class MJob:
 @dataclass
 class MWorker:
     id: str
-    active: MJob | None = None
+    run: list[MJob] = field(default_factory=list)  # its active jobs, in order (a batch, a run)
     stale: bool = False  # its lease was moved past: every call must be refused
     retiring: bool = False  # retire ran: it takes nothing new
     leaving: bool = False  # deregister began: it only calls deregister again
@@ -95,9 +95,9 @@ class Model:
 
     def interrupt(self, w: MWorker) -> None:
         """The worker's process is gone or paused past its lease: its job may run again."""
-        if w.active is not None:
-            w.active.state, w.active.worker, w.active.may_restart = "waiting", "", True
-            w.active = None
+        for job in w.run:
+            job.state, job.worker, job.may_restart = "waiting", "", True
+        w.run = []
 
     def settle(self, state: State) -> None:
         """A job whose cancellation was requested while it ran ends cancelled when its
@@ -112,7 +112,7 @@ class Model:
         job = self.jobs.get(job_id)
         if job is None:
             return [f"{w.id} started {job_id}, a job nobody added"]
-        if w.active is job:
+        if job in w.run:
             return []  # the same start delivered again (a retry after a lost reply)
         broken = []
         if w.stale:
@@ -139,7 +139,7 @@ class Model:
         running = sum(
             1
             for o in self.workers.values()
-            if o.active is not None and o.active.tid == job.tid and not o.stale
+            if o is not w and o.run and o.run[0].tid == job.tid and not o.stale
         )
         if running + 1 > self.limit(job.tid):
             broken.append(f"{job_id}: tag {job.tid} would run on {running + 1} live workers")
@@ -150,8 +150,23 @@ class Model:
         job.state, job.worker, job.may_restart = "running", w.id, False
         job.starts += 1
         job.attempts += 1
-        w.active = job
+        w.run.append(job)
         return broken
+
+    def unstart(self, w: MWorker, job: MJob) -> None:
+        """``advance`` sent a job of the worker's run back unstarted (not run): as if never
+        taken, unless its cancellation was requested (then it ended cancelled)."""
+        w.run.remove(job)
+        job.worker = ""
+        if job.cancel_requested:
+            job.state = "cancelled"
+            return
+        job.state = "waiting"
+        job.starts -= 1
+        job.attempts -= 1
+        job.may_restart = job.starts > 0  # as before this start: an earlier one had ended
+        if w.streak_tid == job.tid:
+            w.streak -= 1
 
 
 @dataclass
@@ -209,8 +224,8 @@ def check(model: Model, state: State) -> list[str]:
         for i in ids:
             where.setdefault(i, []).append(f"wq:{w}")
     for w, s in state.ws.items():
-        if s.get("active"):
-            where.setdefault(s["active"], []).append(f"active:{w}")
+        for i in s.get("active", "").split():
+            where.setdefault(i, []).append(f"active:{w}")
 
     for i in where.keys() - model.jobs.keys():
         broken.append(f"{i} is in {where[i]} but nobody added it")
@@ -251,9 +266,9 @@ def check(model: Model, state: State) -> list[str]:
         s = state.ws.get(w.id)
         if not w.stale and not w.leaving and s is None:  # a repeated deregister may finish
             broken.append(f"live worker {w.id} has no state in Redis")
-        running = w.active.id if w.active else ""
+        running = " ".join(job.id for job in w.run)
         if not w.stale and not w.leaving and s is not None and s.get("active", "") != running:
-            broken.append(f"{w.id} runs {w.active and w.active.id}, Redis: {s.get('active')}")
+            broken.append(f"{w.id} runs {running!r}, Redis: {s.get('active')!r}")
 
     # Counters equal what the lists hold (ghosts still sit in tag lists until dispatch drops them).
     counts = state.single.get("counts", {})
@@ -264,7 +279,7 @@ def check(model: Model, state: State) -> list[str]:
         "pending": held_pending,
         "delayed": len(state.delayed),
         "assigned": sum(len(ids) for ids in state.wq.values()),
-        "active": sum(1 for s in state.ws.values() if s.get("active")),
+        "active": sum(len(s.get("active", "").split()) for s in state.ws.values()),
     }
     for name, n in actual.items():
         if int(counts.get(name, 0)) != n:
@@ -272,10 +287,13 @@ def check(model: Model, state: State) -> list[str]:
 
     # Exclusivity in Redis: no tag bound to, or active on, more workers than its limit.
     active_per_tag: Counter[str] = Counter(
-        state.jobs.get(s["active"], {}).get("tid", "?")
+        state.jobs.get(s["active"].split()[0], {}).get("tid", "?")
         for s in state.ws.values()
         if s.get("active")
     )
+    for w, s in state.ws.items():
+        if len({state.jobs.get(i, {}).get("tid") for i in s.get("active", "").split()}) > 1:
+            broken.append(f"{w}'s active run {s['active']} mixes tags")
     for tid, n in active_per_tag.items():
         if n > model.limit(tid):
             broken.append(f"tag {tid} active on {n} workers (limit {model.limit(tid)})")

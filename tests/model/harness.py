@@ -3,9 +3,10 @@
 One example is one fresh queue: a seeded random generator picks ``steps`` operations (add and
 add_bulk, delayed and ``run_at`` adds, deduplication keys, per-tag backpressure, a flood past the
 depth where cancel marks ghosts, dispatch, advance with completed / failed / strict and relaxed
-retries, cancel, pause and resume, reap, register, retire, deregister, requeue and delete of dead
-letters, elect / renew / resign with leader changes, stale fences, a term with 10,000 limits,
-heartbeat, watch, a worker's crash, a lease moved into the past, Redis losing the queue's data,
+retries over runs of several jobs (batches, prefetch) whose tail goes back unstarted, cancel,
+pause and resume, reap, register, retire, deregister, requeue and delete of dead letters,
+elect / renew / resign with leader changes, stale fences, a term with 10,000 limits, heartbeat,
+watch, a worker's crash, a lease moved into the past, Redis losing the queue's data,
 time passing), then drains the queue and checks that nothing was left behind. The seed of an
 example reproduces it exactly, up to Redis's clock.
 """
@@ -387,27 +388,32 @@ class Harness:
         del self.model.workers[w.id]  # its process registers a new worker
 
     async def op_work(self) -> None:
-        """One worker finishes its job (if any) with a random outcome and takes the next."""
+        """One worker records its active run (if any) and takes the next: a random prefix of
+        the run ran (completed, the last one maybe failed or retried), the rest goes back
+        unstarted; the next run is one job, a prefetch of up to 3, or a batch of up to 3."""
         w = self.pick_worker()
         if w is None:
             return
-        job = w.active
-        outcome, data, delay, order = "", "", 0, "strict"
-        if job is not None:
-            outcome = self.rng.choice(("completed",) * 6 + ("failed",) + ("retry",) * 3)
-            data = '{"r": 1}'
-            delay = self.rng.choice((0, 0, 5, 30))
-            order = self.rng.choice(("strict", "relaxed"))
-        finished = job.id if job else ""
-        take_next = not w.retiring
+        run = list(w.run)
+        ran = self.rng.randint(1, len(run)) if run and self.rng.random() < 0.9 else len(run)
+        if run and self.rng.random() < 0.1:
+            ran = 0  # stopped before its first job
+        outcomes = ["completed"] * ran
+        delay, order = self.rng.choice((0, 0, 5, 30)), self.rng.choice(("strict", "relaxed"))
+        if ran:
+            outcomes[-1] = self.rng.choice(("completed",) * 6 + ("failed",) + ("retry",) * 3)
+        done = [(job.id, o, '{"r": 1}') for job, o in zip(run, outcomes, strict=False)]
+        done += [(job.id, "", "") for job in run[ran:]]
+        take = 0 if w.retiring else self.rng.choice((1, 1, 1, 2, 3))
+        sizes = {"t": self.rng.randint(1, 3)} if self.rng.random() < 0.3 else {}
 
-        async def advance() -> RawJob | None:
+        async def advance() -> list[RawJob]:
             try:
-                return await self.scripts.advance(
-                    w.id, finished, outcome, data, take_next, delay, order
+                return await self.scripts.advance_run(
+                    w.id, done, take, batch_sizes=sizes, retry_delay_ms=delay, retry_order=order
                 )
             except JobNotActiveError:  # a retry whose first call landed (as worker.py does)
-                return await self.scripts.advance(w.id, "", "", "", take_next)
+                return await self.scripts.advance_run(w.id, [], take, batch_sizes=sizes)
 
         try:
             started = await self.call("advance", advance)
@@ -418,19 +424,26 @@ class Harness:
             return
         if w.stale:
             self.fail(f"advance worked for {w.id}, whose lease expired")
-        if job is not None:
-            w.active, job.worker = None, ""
+        if ran or not take:  # else nothing changed: the same run comes back
+            for job in run[ran:]:
+                self.model.unstart(w, job)
+        for job, outcome in zip(run, outcomes, strict=False):
+            w.run.remove(job)
+            job.worker = ""
             if outcome == "retry" and not job.cancel_requested:
                 job.state, job.may_restart = "waiting", True
             elif outcome == "completed":
                 job.state = "completed"
             else:
                 job.state = "cancelled" if job.cancel_requested else outcome
-        if started is not None:
-            self.broken += self.model.start(w, started.id)
-            mj = self.model.jobs.get(started.id)
-            if mj is not None and started.attempts != mj.attempts:
-                self.fail(f"{mj.id} started as attempt {started.attempts}, its {mj.attempts}th")
+        most = sizes.get("t", take)
+        if len(started) > max(most, 1, 0 if ran else len(run)):
+            self.fail(f"advance started {len(started)} jobs, asked for {take} (batch {sizes})")
+        for taken in started:
+            self.broken += self.model.start(w, taken.id)
+            mj = self.model.jobs.get(taken.id)
+            if mj is not None and taken.attempts != mj.attempts:
+                self.fail(f"{mj.id} started as attempt {taken.attempts}, its {mj.attempts}th")
 
     async def op_retire(self) -> None:
         w = self.pick_worker()
@@ -486,7 +499,9 @@ class Harness:
                 self.fail(f"heartbeat: {w.id} stale={w.stale} but lost={w.id in lost}")
             if w.id in lost:
                 self.lease_lost(w, "heartbeat")
-        flagged = {w.active.id for w in ws if w.active and w.active.cancel_requested}
+        # A leaving worker's run is forgotten by the model (interrupted) but may still be
+        # active in Redis until its deregister lands: any cancel-requested job may be flagged.
+        flagged = {job.id for job in self.model.jobs.values() if job.cancel_requested}
         if set(cancel) - flagged:
             self.fail(f"heartbeat flagged {set(cancel) - flagged}, not cancel-requested")
 
@@ -622,16 +637,15 @@ class Harness:
     async def complete(self, w: MWorker) -> None:
         """Finish the worker's job as completed and take the next; until its queue is empty."""
         for _ in range(MAX_BATCH + 1):
-            job = w.active
-            finished = job.id if job else ""
-            started = await self.scripts.advance(
-                w.id, finished, "completed" if job else "", "1", not w.retiring
-            )
-            if job is not None:
-                w.active, job.worker, job.state = None, "", "completed"
-            if started is None:
+            done = [(job.id, "completed", "1") for job in w.run]
+            started = await self.scripts.advance_run(w.id, done, 0 if w.retiring else 1)
+            for job in w.run:
+                job.worker, job.state = "", "completed"
+            w.run = []
+            if not started:
                 return
-            self.broken += self.model.start(w, started.id)
+            for taken in started:
+                self.broken += self.model.start(w, taken.id)
 
     async def finish_and_leave(self, w: MWorker) -> None:
         w.retiring = True
