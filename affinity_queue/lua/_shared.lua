@@ -83,24 +83,27 @@ local function tag_weight(tid, head, cfg)
     or tonumber(rcall('HGET', K_WEIGHTS, tid)) or cfg.weight
 end
 
--- The turn of a tag that gave up a worker with work left. Weight 1 (the default): `fresh`, a new
--- order number, so the tag queues behind every job waiting now. Weight w: weighted fair
--- queuing in order-number time, the tag's turn advances from its rank by the gap to `fresh`
--- divided by w, so a tag of weight 3 comes back three times as often as one of weight 1 (and
--- one of weight 1/2 queues behind jobs added after it gave up its worker). Weighted turns are
--- kept off whole numbers (job orders and plain turns) and unique among themselves (K_VTURNS):
--- a turn computed twice goes halfway to the next one, after the earlier release.
-local function next_turn(tid, fresh, cfg)
+-- The turn of a tag that gave up a worker with work left; `start` is the tag's rank when that
+-- worker was bound. Weight 1 (the default): `fresh`, a new order number, so the tag queues
+-- behind every job waiting now. Weight w: weighted fair queuing in order-number time, the turn
+-- advances from `start` by the gap to `fresh` divided by w, so among tags that all have work one
+-- of weight 3 comes back three times as often as one of weight 1 (and one of weight 1/2 queues
+-- behind jobs added after it gave up its worker); a tag's turns only grow. Weighted turns are
+-- kept off whole numbers (job orders and plain turns) and unique among themselves (K_VTURNS): a
+-- turn another tag holds already becomes the midpoint to the next one held, so a tie goes in
+-- release order.
+local function next_turn(tid, fresh, start, cfg)
   local head = rcall('LINDEX', K_TAG .. tid, 0)
   local old = tonumber(rcall('HGET', K_TURNS, tid))
   if old and old ~= math.floor(old) then rcall('ZREM', K_VTURNS, tid) end
   local weight = tag_weight(tid, head, cfg)
   if weight == 1 then return fresh end
-  local start = math.max(order_of(head), old or 0)
-  local turn = start + (fresh - start) / weight
+  start = start or math.max(order_of(head), old or 0)
+  local turn = math.max(old or 0, start + (fresh - start) / weight)
   local whole = math.floor(turn)
   if turn == whole then turn = whole + 0.5 end
-  local near = rcall('ZRANGEBYSCORE', K_VTURNS, turn, '(' .. (whole + 1), 'WITHSCORES', 'LIMIT', 0, 2)
+  local near = rcall('ZRANGEBYSCORE', K_VTURNS, turn, '(' .. int(whole + 1), 'WITHSCORES',
+    'LIMIT', 0, 2)
   if near[1] and tonumber(near[2]) == turn then
     local after = tonumber(near[4]) or (whole + 1)
     turn = turn + (after - turn) / 2
@@ -196,11 +199,11 @@ end
 -- tag and its batch: a new binding to the same tag continues that count (see dispatch).
 local function release(w, cfg)
   local state = K_WS .. w
-  local s = rcall('HMGET', state, 'status', 'tid', 'batch')
+  local s = rcall('HMGET', state, 'status', 'tid', 'batch', 'rank')
   if s[1] ~= 'running' then return end
   rcall('ZREM', K_BOUND .. s[2], w)
   if rcall('EXISTS', K_TAG .. s[2]) == 1 then
-    rcall('HSET', K_TURNS, s[2], next_turn(s[2], rcall('INCR', K_SEQ), cfg))
+    rcall('HSET', K_TURNS, s[2], next_turn(s[2], rcall('INCR', K_SEQ), tonumber(s[4]), cfg))
   end
   rcall('HSET', state, 'status', 'idle', 'tid', '', 'tag', '', 'batch', 0, 'last', s[2],
     'streak', s[3])

@@ -204,7 +204,10 @@ while true do
     if #ids > 0 then
       if bind then
         local tag = rcall('HGET', K_JOB .. ids[1], 'tag')
-        rcall('HSET', K_WS .. w, 'status', 'running', 'tid', tid, 'tag', tag, 'batch', batch)
+        -- Its rank now: where the tag's turn starts from when this worker gives it up.
+        local rank = rcall('ZSCORE', K_READY_NEW, tid) or ''
+        rcall('HSET', K_WS .. w, 'status', 'running', 'tid', tid, 'tag', tag, 'batch', batch,
+          'rank', rank)
         rcall('ZADD', K_BOUND .. tid, batch, w)
       end
       for _, id in ipairs(ids) do
