@@ -52,7 +52,9 @@ def assert_shares(ran: list[str], tolerance: float) -> None:
         assert abs(counts[tag] - expected) <= tolerance * expected, (counts, tolerance)
 
 
-async def backlogs(engine: Engine, n: int = 3000, options: dict[str, AddOptions] | None = None):
+async def backlogs(
+    engine: Engine, n: int = 3000, options: dict[str, AddOptions] | None = None
+) -> None:
     """``n`` tasks per tag, added in turns of 100 so that no tag starts far ahead."""
     for _ in range(n // 100):
         for tag in SHARES:
