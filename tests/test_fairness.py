@@ -79,7 +79,7 @@ async def test_a_weight_given_to_add_counts_for_its_tasks(engine: Engine) -> Non
     await engine.elect(max_batch=5, concurrency=2)
     await engine.register(*WORKERS)
     await backlogs(engine, options={t: AddOptions(weight=float(w)) for t, w in SHARES.items()})
-    assert_shares(await run_batches(engine, 300), 0.05)
+    assert_shares(await run_batches(engine, 600), 0.05)
 
 
 async def test_weights_survive_a_leader_change(engine: Engine) -> None:
@@ -126,17 +126,31 @@ async def test_weight_one_everywhere_keeps_the_plain_turns(engine: Engine) -> No
 async def test_two_weighted_turns_computed_alike_stay_apart_in_release_order(
     engine: Engine,
 ) -> None:
-    """X and Y (weight 2 each) release so that both compute the same turn: Y, released second,
-    goes right after X, never at the same score (a tie would be decided by the tags' bytes)."""
+    """X and Y (weight 2 each, batches of 1) release so that both compute the same turn: Y,
+    released second, goes right after X, never at the same score (a tie would be decided by the
+    tags' bytes)."""
     await engine.elect(max_batch=1, weights={tag_id("X"): 2.0, tag_id("Y"): 2.0})
     await engine.register("w1", "w2")
-    for _ in range(3):  # Y gets the odd order numbers, X the even ones
-        await engine.add("Y", 1)
-        await engine.add("X", 1)
-    assert await engine.dispatch() == 2  # Y's 1 on w1, X's 2 on w2
-    for w in ("w2", "w1"):  # X releases first (next head 4), Y second (next head 3)
-        job = await engine.take(w)
-        assert job is not None and await engine.take(w, job) is None
+    await engine.add("X", 10)
+    await engine.add("Y", 10)
+
+    async def release(tag: str) -> None:
+        """The worker bound to ``tag`` runs its job and gives the tag up."""
+        for w in ("w1", "w2"):
+            if (await engine.worker_state(w)).get("tag") == tag:
+                job = await engine.take(w)
+                assert job is not None and await engine.take(w, job) is None
+                return
+        raise AssertionError(f"no worker is bound to {tag}")
+
+    # First turns are plain: Y's is t, X's t + 1. Next, X releases at f and Y at f + 1, so
+    # both compute (t + 1 + f) / 2.
+    assert await engine.dispatch() == 2
+    await release("Y")
+    await release("X")
+    assert await engine.dispatch() == 2
+    await release("X")
+    await release("Y")
     turns = await engine.redis.hgetall(engine.keys.queue_prefix + "turns")
     x, y = float(turns[tag_id("X")]), float(turns[tag_id("Y")])
     assert x < y < int(x) + 1, (x, y)
