@@ -213,8 +213,8 @@ async def test_add_refuses_a_bad_weight_naming_the_tag_and_the_value(
 async def test_a_rate_limited_tag_starts_at_its_rate_while_others_use_the_rest(
     make_settings: SettingsFactory,
 ) -> None:
-    """L limited to 50 tasks/s starts at 50/s ± 5 % (after its first bucketful), while two
-    unlimited tags keep the other workers busy."""
+    """L limited to 50 tasks/s starts at 50/s ± 5 % (after its first bucketful, a second of
+    tokens), while two unlimited tags keep the other workers busy."""
     settings = make_settings(
         worker_count=3,
         max_batch_size=10,
@@ -235,13 +235,46 @@ async def test_a_rate_limited_tag_starts_at_its_rate_while_others_use_the_rest(
     async with aq:
         await wait_for(
             lambda: asyncio.sleep(0, len(starts["L"])),
-            lambda n: n >= 160,
-            what="160 tasks of L started",
+            lambda n: n >= 200,
+            what="200 tasks of L started",
             timeout_s=20,
         )
-    ls = starts["L"][10:160]  # after the first bucketful (10 tokens at once)
+    ls = starts["L"][50:200]  # after the first bucketful (50 tokens at once)
     rate = (len(ls) - 1) / (ls[-1] - ls[0])
     assert 47.5 <= rate <= 52.5, f"L started {rate:.1f} tasks/s"
     window = (ls[0], ls[-1])
     others = sum(window[0] <= t <= window[1] for tag in "FG" for t in starts[tag])
     assert others > 5 * len(ls), f"the other tags started only {others} meanwhile"
+
+
+async def test_a_rate_limited_tag_is_held_until_its_next_token_and_others_go_on(
+    engine: Engine,
+) -> None:
+    """L at 5 tasks/s: a bucketful (a batch, 10) is placed, then L waits outside the ready sets
+    while M is placed, and dispatch reports when L's next token is due (the scheduler's wait)."""
+    await engine.elect(max_batch=10, rates={tag_id("L"): 5.0})
+    await engine.register("w1", "w2")
+    await engine.add("L", 30)
+    assert await engine.dispatch() == 10
+    await engine.add("M", 3)
+    placed, _, next_due_ms = await engine.scripts.dispatch(engine.fence, 100)
+    assert placed == 3  # M on the other worker; L waits for a token
+    assert 150 <= next_due_ms <= 200, next_due_ms  # one token every 200 ms
+    ready = {*await engine.redis.zrange(engine.keys.ready_new, 0, -1)}
+    ready |= {*await engine.redis.zrange(engine.keys.ready_bound, 0, -1)}
+    assert tag_id("L") not in ready
+
+
+async def test_a_cold_tag_waits_for_at_most_the_floods_workers_batches(engine: Engine) -> None:
+    """The bound's count (README, Fairness): once cold tags arrive, a weight-1 flood allowed on
+    both workers starts at most two more batches before the last of them starts."""
+    await engine.elect(max_batch=5, limits={tag_id("flood"): 2})
+    await engine.register("w1", "w2")
+    await engine.add("flood", 500)
+    await run_batches(engine, 6)
+    for i in range(3):
+        await engine.add(f"cold-{i}", 2)
+    ran = await run_batches(engine, 8)
+    last_cold = max(i for i, tag in enumerate(ran) if tag.startswith("cold"))
+    assert {t for t in ran if t.startswith("cold")} == {"cold-0", "cold-1", "cold-2"}
+    assert ran[:last_cold].count("flood") <= 2, ran

@@ -134,14 +134,15 @@ end
 
 -- Rate limits (token buckets, IDENTIFY_TAG_RATE): how many jobs of `tid` may start now
 -- (math.huge when the tag has no limit), the bucket's tokens, its size and rate per ms. A
--- bucket holds a batch or a tenth of a second of tokens, whichever is more, and refills at the
--- rate; a missing one is full (its key expires once it would be).
+-- bucket holds a second of tokens or a batch, whichever is more (room for the scheduler to be
+-- late without losing tokens), and refills at the rate; a missing one is full (its key expires
+-- once it would be).
 local default_rate = tonumber(rcall('HGET', K_CONFIG, 'rate')) or 0
 local function rate_room(tid)
   if not cfg.rated then return math.huge end
   local rate = tonumber(rcall('HGET', K_RATES, tid)) or default_rate
   if rate <= 0 then return math.huge end
-  local size = math.max(cfg.max_batch, rate / 10)
+  local size = math.max(cfg.max_batch, rate)
   local tokens = size
   local b = rcall('GET', K_BUCKET .. tid)
   if b then
