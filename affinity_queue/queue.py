@@ -809,6 +809,6 @@ def _tags_named(tasks: list[TaskLike]) -> str:
         tag = t.identify_tag if isinstance(t, Task) else t.get("identifyTag", t.get("identify_tag"))
         if isinstance(tag, str) and tag not in tags:
             tags.append(tag)
-    if len(tags) == 1:
-        return f"tag {tags[0]!r}"
+    if len(tags) <= 1:
+        return f"tag {tags[0]!r}" if tags else "the tasks' tags"
     return "tags " + ", ".join(map(repr, tags[:3])) + (", ..." if len(tags) > 3 else "")

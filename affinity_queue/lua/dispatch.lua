@@ -144,9 +144,8 @@ local function rate_room(tid)
   if rate <= 0 then return math.huge end
   local size = math.max(cfg.max_batch, rate)
   local tokens = size
-  local b = rcall('GET', K_BUCKET .. tid)
-  if b then
-    local t, at = string.match(b, '^([^:]+):(%d+)$')
+  local t, at = string.match(rcall('GET', K_BUCKET .. tid) or '', '^([^:]+):(%d+)$')
+  if tonumber(t) then
     tokens = math.min(size, tonumber(t) + (now - tonumber(at)) * rate / 1000)
   end
   return math.floor(tokens + 1e-9), tokens, size, rate / 1000
