@@ -38,7 +38,7 @@ T = TypeVar("T")
 
 TAGS = ("a", "b", "c", "d", "e")
 LIMITS = {tag_id("c"): 2}  # one tag may run on two workers at once
-WEIGHTS = {tag_id("a"): 3.0, tag_id("c"): 2.0, tag_id("d"): 0.5}  # weighted turns (issue 17)
+WEIGHTS = {tag_id("a"): 3.0, tag_id("c"): 2.0, tag_id("e"): 0.5}  # weighted turns (issue 17)
 MAX_BATCH = 3
 LEASE_MS = 60_000
 
@@ -119,7 +119,9 @@ class Harness:
         if len(entries) == 1 and rng.random() < 0.3:
             dedupe = rng.choice(("k1", "k2")).encode().hex()
         limit = rng.choice((0, 0, 0, 3, 6))
-        await self.add(entries, AddOptions(0, 0, 0, delay, run_at, dedupe, 200, limit))
+        weight = rng.choice((None, None, 0.5, 3.0))  # per call: the tasks' tag while they lead it
+        options = AddOptions(0, 0, 0, delay, run_at, dedupe, 200, limit, weight)
+        await self.add(entries, options)
 
     async def op_flood(self) -> None:
         """A tag longer than cancel searches (1,000): cancels deep in it become ghosts."""
