@@ -84,24 +84,31 @@ local function tag_weight(tid, head, cfg)
 end
 
 -- The turn of a tag that gave up a worker with work left; `start` is the tag's rank when that
--- worker was bound. Weight 1 (the default), or a tag's first turn: `fresh`, a new order number,
--- so the tag queues behind every job waiting now: the back of the line. Weight w, later turns:
--- weighted fair queuing in order-number time, the turn advances from `start` by the gap to
--- `fresh` divided by w, so among tags that all have work one of weight 3 comes back three times
--- as often as one of weight 1 (and one of weight 1/2 queues behind jobs added after it gave up
--- its worker); a tag's turns only grow. (The first turn is a plain one because the gap from a
--- backlog's first job is the age of the backlog, not a round of the line.) Weighted turns are
--- kept off whole numbers (job orders and plain turns) and unique among themselves (K_VTURNS): a
--- turn another tag holds already becomes the midpoint to the next one held, so a tie goes in
--- release order.
+-- worker was bound. Weight 1 (the default): `fresh`, a new order number, so the tag queues
+-- behind every job waiting now: the back of the line. Weight w: weighted fair queuing in
+-- order-number time, the turn advances from `start` by the gap to `fresh` divided by w, so among
+-- tags that all have work one of weight 3 comes back three times as often as one of weight 1
+-- (and one of weight 1/2 queues behind jobs added after it gave up its worker); a tag's turns
+-- only grow. A tag's first turn takes a gap of at most the line's length (one order number per
+-- ready tag): from a backlog's first job the gap is the backlog's age, not a round of the line.
+-- Weighted turns are kept off whole numbers (job orders and plain turns) and unique among
+-- themselves (K_VTURNS): a turn another tag holds already becomes the midpoint to the next one
+-- held, so a tie goes in release order.
 local function next_turn(tid, fresh, start, cfg)
   local head = rcall('LINDEX', K_TAG .. tid, 0)
   local old = tonumber(rcall('HGET', K_TURNS, tid))
   if old and old ~= math.floor(old) then rcall('ZREM', K_VTURNS, tid) end
   local weight = tag_weight(tid, head, cfg)
-  if weight == 1 or not old then return fresh end
-  start = start or math.max(order_of(head), old)
-  local turn = math.max(old, start + (fresh - start) / weight)
+  if weight == 1 then return fresh end
+  local turn
+  if old then
+    start = start or math.max(order_of(head), old)
+    turn = math.max(old, start + (fresh - start) / weight)
+  else
+    local line = rcall('ZCARD', K_READY_BOUND) + rcall('ZCARD', K_READY_NEW) + 1
+    local gap = math.min(fresh - (start or order_of(head)), line)
+    turn = fresh - gap + gap / weight
+  end
   local whole = math.floor(turn)
   if turn == whole then turn = whole + 0.5 end
   local near = rcall('ZRANGEBYSCORE', K_VTURNS, turn, '(' .. int(whole + 1), 'WITHSCORES',
