@@ -45,7 +45,7 @@ from .models import (
     first_active,
 )
 from .notify import Waiters
-from .settings import MAX_ATTEMPTS_LIMIT, QueueSettings
+from .settings import MAX_ATTEMPTS_LIMIT, QueueSettings, check_weight
 
 if TYPE_CHECKING:
     from .observability import MetricsRecorder, TraceRecorder
@@ -119,16 +119,20 @@ class QueueService:
         timeout_s: float | None = None,
         dedupe_key: str | None = None,
         dedupe_ttl_s: float = 300.0,
+        weight: float | None = None,
     ) -> Job:
         """Accept one task. Raises :class:`InvalidTaskError` (nothing written) on bad input.
 
         ``delay_s`` / ``run_at``: the task joins the end of its tag's order when due.
         ``dedupe_key``: while the key's window (``dedupe_ttl_s``) lasts, adding again returns the
         job the key first admitted and writes nothing, so a retried request adds once.
+        ``weight``: the tag's fair-share weight while this task is the oldest one waiting in it
+        (it wins over ``IDENTIFY_TAG_WEIGHT``; see the README's Fairness section).
         """
         if dedupe_key is not None and not dedupe_key:
             raise InvalidTaskError("dedupe_key must be a non-empty string", field="dedupe_key")
         options = self._options(delay_s, run_at, max_attempts, backoff_ms, timeout_s)
+        options = self._weighted(options, weight, [task])
         if dedupe_key:
             options = replace(
                 options,
@@ -147,6 +151,7 @@ class QueueService:
         max_attempts: int | None = None,
         backoff_ms: int | None = None,
         timeout_s: float | None = None,
+        weight: float | None = None,
     ) -> list[Job]:
         """Accept many tasks (the options apply to each), one round trip per chunk of
         ``BULK_CHUNK``.
@@ -154,8 +159,9 @@ class QueueService:
         Every task is validated before anything is written. Each chunk is all-or-nothing; if Redis
         fails midway, the chunks before it are accepted and :class:`QueueUnavailableError` says so.
         """
+        tasks = list(tasks)
         options = self._options(delay_s, run_at, max_attempts, backoff_ms, timeout_s)
-        return await self._add(tasks, options)
+        return await self._add(tasks, self._weighted(options, weight, tasks))
 
     async def _add(self, tasks: Iterable[TaskLike], options: AddOptions) -> list[Job]:
         self._check_open()
@@ -215,6 +221,15 @@ class QueueService:
                 for type_, n in Counter(t.type for t, _ in chunk).items():
                     self.metrics.enqueued(type_, n)
         return jobs
+
+    @staticmethod
+    def _weighted(options: AddOptions, weight: float | None, tasks: list[TaskLike]) -> AddOptions:
+        if weight is None:
+            return options
+        try:
+            return replace(options, weight=check_weight(weight, _tags_named(tasks)))
+        except ValueError as e:
+            raise InvalidTaskError(str(e), field="weight") from None
 
     def _options(
         self,
@@ -826,3 +841,16 @@ def _duration_ms(seconds: float | None, field: str, *, allow_zero: bool) -> int:
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _tags_named(tasks: list[TaskLike]) -> str:
+    """``tag 'a'`` or ``tags 'a', 'b'``: the tags a per-call setting would apply to (the first
+    three), for an error message."""
+    tags: list[str] = []
+    for t in tasks:
+        tag = t.identify_tag if isinstance(t, Task) else t.get("identifyTag", t.get("identify_tag"))
+        if isinstance(tag, str) and tag not in tags:
+            tags.append(tag)
+    if len(tags) <= 1:
+        return f"tag {tags[0]!r}" if tags else "the tasks' tags"
+    return "tags " + ", ".join(map(repr, tags[:3])) + (", ..." if len(tags) > 3 else "")

@@ -243,9 +243,13 @@ def _term_config(s: QueueSettings) -> TermConfig:
         completed_ttl_ms=s.completed_ttl_ms,
         keep_failed=s.keep_failed,
         failed_ttl_ms=s.failed_ttl_ms,
-        limits=_tag_id_limits(s),
+        limits=_by_tag_id(s.identify_tag_concurrency.limits),
+        weight=s.identify_tag_weight.default,
+        rate=s.identify_tag_rate.default or 0.0,
+        weights=_by_tag_id(s.identify_tag_weight.weights),
+        rates=_by_tag_id(s.identify_tag_rate.rates),
     )
 
 
-def _tag_id_limits(settings: QueueSettings) -> dict[str, int]:
-    return {tag_id(tag): limit for tag, limit in settings.identify_tag_concurrency.limits.items()}
+def _by_tag_id(per_tag: dict[str, T]) -> dict[str, T]:
+    return {tag_id(tag): value for tag, value in per_tag.items()}

@@ -9,8 +9,9 @@ falls back to ``MAX_BATCH_SIZE``, so a named queue can be configured on its own.
 from __future__ import annotations
 
 import json
+import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Self
@@ -73,6 +74,88 @@ class TagConcurrency(BaseModel):
 
     def for_tag(self, identify_tag: str) -> int:
         return self.limits.get(identify_tag, self.default)
+
+
+MAX_WEIGHT = 1_000_000.0
+"""The largest weight (and the largest 1 / weight): turns stay far inside a double's precision."""
+
+
+def check_weight(value: Any, what: str) -> float:
+    """``value`` as a weight, or a ValueError naming ``what`` (a tag) and the value."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 1 / MAX_WEIGHT <= value <= MAX_WEIGHT
+    ):
+        raise ValueError(
+            f"the weight of {what} must be a number above 0 (from {1 / MAX_WEIGHT:g} to "
+            f"{MAX_WEIGHT:g}), got {value!r}"
+        )
+    return float(value)
+
+
+def check_rate(value: Any, what: str) -> float:
+    """``value`` as a rate limit in tasks per second, or a ValueError naming ``what`` and it."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise ValueError(
+            f"the rate limit of {what} must be a number of tasks per second above 0, got {value!r}"
+        )
+    return float(value)
+
+
+class TagWeights(BaseModel):
+    """Fair shares: under contention, tags with work start tasks in proportion to their weight."""
+
+    default: float = 1.0
+    weights: dict[str, float] = {}
+
+    def for_tag(self, identify_tag: str) -> float:
+        return self.weights.get(identify_tag, self.default)
+
+
+class TagRates(BaseModel):
+    """Most tasks started per second: ``default`` for every tag (None = no limit), ``rates``
+    per tag."""
+
+    default: float | None = None
+    rates: dict[str, float] = {}
+
+    def for_tag(self, identify_tag: str) -> float | None:
+        return self.rates.get(identify_tag, self.default)
+
+
+def _tag_map(value: Any, inner: str, example: str) -> Any:
+    """The shapes of a per-tag setting: a number (every tag), JSON ``{"default": d, "tag": v}``,
+    or ``{"default": d, "<inner>": {...}}``, which can name any tag (even ``default``)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ValueError(f"must be a number, or JSON such as {example}") from None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return {"default": value}
+    # The flat form names every tag but "default" (and a tag called like `inner` whose value is
+    # not an object).
+    if isinstance(value, dict) and not (
+        isinstance(value.get(inner), dict) and value.keys() <= {"default", inner}
+    ):
+        return {
+            "default": value.get("default"),
+            inner: {k: v for k, v in value.items() if k != "default"},
+        }
+    return value
+
+
+def _checked(value: Any, inner: str, check: Callable[[Any, str], float], default: Any) -> Any:
+    """Each value of a per-tag map checked by ``check``, so an error names the tag and value."""
+    if not isinstance(value, dict) or not isinstance(value.get(inner, {}), dict):
+        return value  # pydantic reports the wrong shape
+    d = value.get("default")
+    out = {
+        "default": default if d is None else check(d, "every tag (default)"),
+        inner: {tag: check(v, f"tag {tag!r}") for tag, v in value.get(inner, {}).items()},
+    }
+    return out
 
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN.pattern)]
@@ -192,6 +275,8 @@ class QueueSettings(BaseSettings):
         "heartbeat_interval_ms": "HEARTBEAT_INTERVAL",
         "heartbeat_timeout_ms": "HEARTBEAT_TIMEOUT",
         "identify_tag_concurrency": "IDENTIFY_TAG_CONCURRENCY",
+        "identify_tag_weight": "IDENTIFY_TAG_WEIGHT",
+        "identify_tag_rate": "IDENTIFY_TAG_RATE",
         "max_payload_bytes": "MAX_PAYLOAD_BYTES",
         "max_attempts": "MAX_ATTEMPTS",
         "retry_backoff_ms": "RETRY_BACKOFF",
@@ -268,6 +353,12 @@ class QueueSettings(BaseSettings):
     )
     """A number (every tag); JSON ``{"default": 1, "tenant-a": 3}``; or, to name any tag (even
     one called ``default``), ``{"default": 1, "limits": {"default": 3}}``."""
+    identify_tag_weight: TagWeights = Field(TagWeights())
+    """Fair shares under contention: a number (every tag); JSON ``{"default": 1, "tenant-a": 3}``;
+    or ``{"default": 1, "weights": {"default": 3}}``. ``add(weight=)`` wins for its tasks."""
+    identify_tag_rate: TagRates = Field(TagRates())
+    """Most tasks started per second per tag (none by default): a number (every tag); JSON
+    ``{"tenant-a": 50}``; or ``{"default": 100, "rates": {"default": 5}}``."""
     max_payload_bytes: int = Field(1_048_576, ge=1)
     max_attempts: int = Field(1, ge=1, le=MAX_ATTEMPTS_LIMIT)
     """Runs a task gets before it fails for good (1 = no retries); ``add(max_attempts=)`` wins."""
@@ -344,23 +435,25 @@ class QueueSettings(BaseSettings):
     @field_validator("identify_tag_concurrency", mode="before")
     @classmethod
     def _concurrency_shapes(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except ValueError:
-                raise ValueError(
-                    'must be a number, or JSON such as {"default": 1, "tenant-a": 3}'
-                ) from None
-        if isinstance(value, int) and not isinstance(value, bool):
-            return {"default": value}
-        # {"default": 1, "limits": {...}} can name any tag; the flat form every tag but "default"
-        # (and a tag "limits" whose value is not an object).
-        if isinstance(value, dict) and not (
-            isinstance(value.get("limits"), dict) and value.keys() <= {"default", "limits"}
-        ):
-            limits = {k: v for k, v in value.items() if k != "default"}
-            return {"default": value.get("default", 1), "limits": limits}
+        value = _tag_map(value, "limits", '{"default": 1, "tenant-a": 3}')
+        if isinstance(value, dict) and value.get("default") is None:
+            value = {**value, "default": 1}
         return value
+
+    @field_validator("identify_tag_weight", mode="before")
+    @classmethod
+    def _weight_shapes(cls, value: Any) -> Any:
+        if isinstance(value, TagWeights):
+            return value
+        shaped = _tag_map(value, "weights", '{"default": 1, "tenant-a": 3}')
+        return _checked(shaped, "weights", check_weight, 1.0)
+
+    @field_validator("identify_tag_rate", mode="before")
+    @classmethod
+    def _rate_shapes(cls, value: Any) -> Any:
+        if isinstance(value, TagRates):
+            return value
+        return _checked(_tag_map(value, "rates", '{"tenant-a": 50}'), "rates", check_rate, None)
 
     @model_validator(mode="after")
     def _timings_agree(self) -> Self:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import json
 import os
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from types import ModuleType
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr
 
 from affinity_queue import QueueSettings
 
@@ -45,8 +44,8 @@ def env_for(settings: QueueSettings, **extra: str) -> dict[str, str]:
             continue
         if isinstance(value, SecretStr):
             value = value.get_secret_value()
-        elif field == "identify_tag_concurrency":
-            value = json.dumps({"default": value.default, "limits": value.limits})
+        elif isinstance(value, BaseModel):  # the per-tag maps, in their nested JSON form
+            value = value.model_dump_json()
         env[env_name(field)] = str(value)
     env.update(extra)
     return env

@@ -122,6 +122,7 @@ class AddOptions:
     dedupe_key: str = ""  # hex-encoded
     dedupe_ttl_ms: int = 0
     max_pending_per_tag: int = 0
+    weight: float | None = None  # of the tasks' tags while they lead them; None = the leader's
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +144,10 @@ class TermConfig:
     keep_failed: int = 100_000
     failed_ttl_ms: int = 604_800_000
     limits: dict[str, int] = field(default_factory=dict)  # tag id -> concurrency limit
+    weight: float = 1.0  # default weight of a tag
+    rate: float = 0.0  # default rate limit, tasks started per second (0 = none)
+    weights: dict[str, float] = field(default_factory=dict)  # tag id -> weight
+    rates: dict[str, float] = field(default_factory=dict)  # tag id -> tasks/s
 
 
 class Scripts:
@@ -200,6 +205,7 @@ class Scripts:
             o.dedupe_key,
             o.dedupe_ttl_ms,
             o.max_pending_per_tag,
+            "" if o.weight is None else repr(float(o.weight)),
             *flat,
         )
         if reply[0] == ScriptCode.TAG_FULL:
@@ -325,14 +331,21 @@ class Scripts:
         """Returns the new term's fencing number, or 0 when another node leads; raises
         ConfigMismatchError when the queue's live processes use other worker prefixes."""
         c = config
-        flat = [str(x) for pair in sorted(c.limits.items()) for x in pair]
-        digest = hashlib.sha1(" ".join(flat).encode()).hexdigest()
+        parts = [
+            [str(x) for pair in sorted(m.items()) for x in pair]
+            for m in (c.limits, _reprs(c.weights), _reprs(c.rates))
+        ]
+        flat = [x for part in parts for x in part]
+        digest = hashlib.sha1("\n".join(" ".join(p) for p in parts).encode()).hexdigest()
         term: tuple[Any, ...] = (token, ttl_ms, node, host, pid, c.max_batch, c.concurrency)
         term += (c.keep_completed, c.completed_ttl_ms, c.keep_failed, c.failed_ttl_ms, digest)
-        # Most terms keep the last one's limits: they travel only when the script asks.
-        fence = await self._scripts["elect"](keys=self._keys, args=(*term, 0))
+        defaults = (repr(float(c.weight)), repr(float(c.rate)))
+        # Most terms keep the last one's per-tag settings: they travel only when the script asks.
+        fence = await self._scripts["elect"](keys=self._keys, args=(*term, 0, *defaults, 0, 0))
         if fence == ScriptCode.NEED_LIMITS:
-            fence = await self._scripts["elect"](keys=self._keys, args=(*term, 1, *flat))
+            counts = (len(parts[0]) // 2, len(parts[1]) // 2)
+            args = (*term, 1, *defaults, *counts, *flat)
+            fence = await self._scripts["elect"](keys=self._keys, args=args)
         return int(self._check("elect", fence, ""))
 
     async def renew(self, token: str, ttl_ms: int) -> bool:
@@ -340,3 +353,8 @@ class Scripts:
 
     async def resign(self, token: str) -> bool:
         return bool(await self._call("resign", token))
+
+
+def _reprs(values: dict[str, float]) -> dict[str, str]:
+    """Numbers as the text Lua reads back exactly (``repr`` of a float round-trips)."""
+    return {k: repr(float(v)) for k, v in values.items()}

@@ -66,8 +66,9 @@ local function id_of_delayed(member)
 end
 
 local function load_config()
-  local c = rcall('HMGET', K_CONFIG, 'max_batch', 'concurrency')
-  return { max_batch = tonumber(c[1]) or 10, limit = tonumber(c[2]) or 1 }
+  local c = rcall('HMGET', K_CONFIG, 'max_batch', 'concurrency', 'weight', 'rated')
+  return { max_batch = tonumber(c[1]) or 10, limit = tonumber(c[2]) or 1,
+    weight = tonumber(c[3]) or 1, rated = c[4] == '1' }
 end
 
 local function count(field, delta)
@@ -111,6 +112,51 @@ end
 
 local function tag_limit(tid, cfg)
   return tonumber(rcall('HGET', K_LIMITS, tid)) or cfg.limit
+end
+
+-- A tag's weight: that of its head job (given to add), else the leader's for the tag.
+local function tag_weight(tid, head, cfg)
+  return tonumber(rcall('HGET', K_JOB .. head, 'weight'))
+    or tonumber(rcall('HGET', K_WEIGHTS, tid)) or cfg.weight
+end
+
+-- The turn of a tag that gave up a worker with work left; `start` is the tag's rank when that
+-- worker was bound. Weight 1 (the default): `fresh`, a new order number, so the tag queues
+-- behind every job waiting now: the back of the line. Weight w: weighted fair queuing in
+-- order-number time, the turn advances from `start` by the gap to `fresh` divided by w, so among
+-- tags that all have work one of weight 3 comes back three times as often as one of weight 1
+-- (and one of weight 1/2 queues behind jobs added after it gave up its worker); a tag's turns
+-- only grow. A tag's first turn takes a gap of at most the line's length (one order number per
+-- ready tag): from a backlog's first job the gap is the backlog's age, not a round of the line.
+-- Weighted turns are kept off whole numbers (job orders and plain turns) and unique among
+-- themselves (K_VTURNS): a turn another tag holds already becomes the midpoint to the next one
+-- held, so a tie goes in release order.
+local function next_turn(tid, fresh, start, cfg)
+  local head = rcall('LINDEX', K_TAG .. tid, 0)
+  local old = tonumber(rcall('HGET', K_TURNS, tid))
+  if old and old ~= math.floor(old) then rcall('ZREM', K_VTURNS, tid) end
+  local weight = tag_weight(tid, head, cfg)
+  if weight == 1 then return fresh end
+  local turn
+  if old then
+    start = start or math.max(order_of(head), old)
+    turn = math.max(old, start + (fresh - start) / weight)
+  else
+    local line = rcall('ZCARD', K_READY_BOUND) + rcall('ZCARD', K_READY_NEW) + 1
+    local gap = math.min(fresh - (start or order_of(head)), line)
+    turn = fresh - gap + gap / weight
+  end
+  local whole = math.floor(turn)
+  if turn == whole then turn = whole + 0.5 end
+  local near = rcall('ZRANGEBYSCORE', K_VTURNS, turn, '(' .. int(whole + 1), 'WITHSCORES',
+    'LIMIT', 0, 2)
+  if near[1] and tonumber(near[2]) == turn then
+    local after = tonumber(near[4]) or (whole + 1)
+    turn = turn + (after - turn) / 2
+    if turn <= tonumber(near[2]) or turn >= after then return fresh end  -- no double between
+  end
+  rcall('ZADD', K_VTURNS, turn, tid)
+  return turn
 end
 
 -- The reply a call with this request token already got, if it ran (see remember).
@@ -175,6 +221,7 @@ local function refresh_tag(tid, cfg)
     end
   elseif not head then
     rcall('HDEL', K_TURNS, tid)
+    rcall('ZREM', K_VTURNS, tid)
   end
   local rank = nil
   if into then rank = math.max(order_of(head), tonumber(rcall('HGET', K_TURNS, tid)) or 0) end
@@ -198,11 +245,11 @@ end
 -- tag and its batch: a new binding to the same tag continues that count (see dispatch).
 local function release(w, cfg)
   local state = K_WS .. w
-  local s = rcall('HMGET', state, 'status', 'tid', 'batch')
+  local s = rcall('HMGET', state, 'status', 'tid', 'batch', 'rank')
   if s[1] ~= 'running' then return end
   rcall('ZREM', K_BOUND .. s[2], w)
   if rcall('EXISTS', K_TAG .. s[2]) == 1 then
-    rcall('HSET', K_TURNS, s[2], rcall('INCR', K_SEQ))  -- a fresh order number: unique, later
+    rcall('HSET', K_TURNS, s[2], next_turn(s[2], rcall('INCR', K_SEQ), tonumber(s[4]), cfg))
   end
   rcall('HSET', state, 'status', 'idle', 'tid', '', 'tag', '', 'batch', 0, 'last', s[2],
     'streak', s[3])

@@ -21,7 +21,9 @@
   ARGV[8]  deduplication key, hex-encoded ('' = none; only with n = 1)
   ARGV[9]  deduplication window in ms
   ARGV[10] most tasks of one tag that may wait to start (0 = no limit)
-  ARGV[11 + 4i..] for task i (0-based): type, identify_tag, tag id (hex), payload (JSON text)
+  ARGV[11] weight of the tasks' tags while these tasks lead them ('' = the leader's setting;
+           see tag_weight)
+  ARGV[12 + 4i..] for task i (0-based): type, identify_tag, tag id (hex), payload (JSON text)
   Returns: {order number of the first job (job i's id is "<first + i>-<token>"), Redis time in
            ms, 0, due time in ms (0 = due now)};
            {id of the existing job, time, 1, 0} when the deduplication key is still taken;
@@ -42,7 +44,7 @@ local limit = tonumber(ARGV[10])
 if limit > 0 then
   local adding = {}
   for i = 0, n - 1 do
-    local tid = ARGV[13 + i * 4]
+    local tid = ARGV[14 + i * 4]
     adding[tid] = (adding[tid] or 0) + 1
   end
   for tid, k in pairs(adding) do
@@ -64,12 +66,13 @@ if delayed then status = 'delayed' end
 local fresh = {}
 local added = {}  -- tag id -> jobs due now (the tag index counts them)
 for i = 0, n - 1 do
-  local b = 11 + i * 4
+  local b = 12 + i * 4
   local id = int(first + i) .. '-' .. token
   local tid = ARGV[b + 2]
   rcall('HSET', K_JOB .. id, 'type', ARGV[b], 'tag', ARGV[b + 1], 'tid', tid,
     'payload', ARGV[b + 3], 'status', status, 'attempts', 0, 'created', now,
     'max_attempts', ARGV[3], 'backoff', ARGV[4], 'timeout', ARGV[5])
+  if ARGV[11] ~= '' then rcall('HSET', K_JOB .. id, 'weight', ARGV[11]) end
   if delayed then
     rcall('HSET', K_JOB .. id, 'due', due)
     rcall('ZADD', K_DELAYED, due, delayed_member(id))

@@ -22,7 +22,11 @@
   ARGV[2]  budget: the most jobs to place in this call (and to move out of the delayed set)
   Before placing, due delayed jobs join their tags (relaxed retries at the front, delayed tasks
   at the end, each in the order they were added) and tags held by a strict retry whose delay has
-  passed are let go.
+  passed, or by a rate limit whose next token is due, are let go.
+
+  Rate limits: a tag places only as many jobs as its token bucket holds; a tag whose bucket is
+  empty is held until its next token is due (K_HELD), so it waits without blocking other tags
+  and the scheduler wakes then (next due), without polling.
 
   Returns: {placed, more, next due} where more = 1 when the budget ran out with work left and
            next due is how many ms until the earliest delayed job or held tag is due (-1 = none);
@@ -129,6 +133,37 @@ local function pop_jobs(tid, k)
   return live
 end
 
+-- Rate limits (token buckets, IDENTIFY_TAG_RATE): how many jobs of `tid` may start now
+-- (math.huge when the tag has no limit), the bucket's tokens, its size and rate per ms. A
+-- bucket holds a second of tokens or a batch, whichever is more (room for the scheduler to be
+-- late without losing tokens), and refills at the rate; a missing one is full (its key expires
+-- once it would be).
+local default_rate = tonumber(rcall('HGET', K_CONFIG, 'rate')) or 0
+local function rate_room(tid)
+  if not cfg.rated then return math.huge end
+  local rate = tonumber(rcall('HGET', K_RATES, tid)) or default_rate
+  if rate <= 0 then return math.huge end
+  local size = math.max(cfg.max_batch, rate)
+  local tokens = size
+  local t, at = string.match(rcall('GET', K_BUCKET .. tid) or '', '^([^:]+):(%d+)$')
+  if tonumber(t) then
+    tokens = math.min(size, tonumber(t) + (now - tonumber(at)) * rate / 1000)
+  end
+  return math.floor(tokens + 1e-9), tokens, size, rate / 1000
+end
+
+-- Take `n` tokens of `tid`'s bucket; when less than one is left and the tag has work, hold the
+-- tag (K_HELD, as a strict retry does) until the next token is due: it leaves the ready sets,
+-- other tags go on, and the scheduler's wait ends then (next due).
+local function spend(tid, n, tokens, size, per_ms)
+  tokens = tokens - n
+  rcall('SET', K_BUCKET .. tid, string.format('%.17g', tokens) .. ':' .. int(now),
+    'PX', math.ceil((size - tokens) / per_ms) + 1)
+  if tokens < 1 - 1e-9 and rcall('EXISTS', K_TAG .. tid) == 1 then
+    rcall('ZADD', K_HELD, 'GT', now + math.ceil((1 - tokens) / per_ms), tid)
+  end
+end
+
 local placed = 0
 local more = 0
 -- Each round places a job or takes a tag out of the ready sets (refresh_tag), so rounds are
@@ -161,11 +196,19 @@ while true do
     if not bind then tid = asked end
   end
   if w then
-    local ids = pop_jobs(tid, math.min(cfg.max_batch - batch, budget - placed, 1000))
+    local room, tokens, size, per_ms = rate_room(tid)
+    local ids = {}
+    if room >= 1 then
+      ids = pop_jobs(tid, math.min(cfg.max_batch - batch, budget - placed, 1000, room))
+    end
+    if room ~= math.huge then spend(tid, #ids, tokens, size, per_ms) end
     if #ids > 0 then
       if bind then
         local tag = rcall('HGET', K_JOB .. ids[1], 'tag')
-        rcall('HSET', K_WS .. w, 'status', 'running', 'tid', tid, 'tag', tag, 'batch', batch)
+        -- Its rank now: where the tag's turn starts from when this worker gives it up.
+        local rank = rcall('ZSCORE', K_READY_NEW, tid) or ''
+        rcall('HSET', K_WS .. w, 'status', 'running', 'tid', tid, 'tag', tag, 'batch', batch,
+          'rank', rank)
         rcall('ZADD', K_BOUND .. tid, batch, w)
       end
       for _, id in ipairs(ids) do

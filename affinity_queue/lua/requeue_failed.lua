@@ -23,9 +23,11 @@ rcall('ZREM', K_FAILED, id)
 rcall('PERSIST', job)
 rcall('HSET', job, 'status', 'pending', 'attempts', 0, 'worker', '')
 rcall('HDEL', job, 'finished', 'error', 'due', 'front', 'cancel')
--- The front of its tag, except behind a strict retry that holds the tag: that one goes first.
+-- The front of its tag, except behind a strict retry that holds the tag: that one goes first
+-- (a tag held by its rate limit has no retry at its head: its due time is not ahead).
 local head = rcall('LINDEX', K_TAG .. tid, 0)
-if head and rcall('ZSCORE', K_HELD, tid) then
+if head and rcall('ZSCORE', K_HELD, tid)
+    and (tonumber(rcall('HGET', K_JOB .. head, 'due')) or 0) > now_ms() then
   rcall('LINSERT', K_TAG .. tid, 'AFTER', head, id)
 else
   rcall('LPUSH', K_TAG .. tid, id)

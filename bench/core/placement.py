@@ -21,7 +21,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from affinity_queue.keys import QueueKeys, tag_id
-from affinity_queue.lua import Scripts, TermConfig
+from affinity_queue.lua import Scripts, TermConfig, new_token
 from affinity_queue.scheduler import DISPATCH_BUDGET
 
 from ..env import wait_until_rehashed
@@ -45,7 +45,7 @@ async def fill(scripts: Scripts, pending: int, tags: int, chunk: int = 1000) -> 
             for i in range(lo, min(lo + chunk, pending))
         ]
         async with gate:
-            await scripts.add(entries)
+            await scripts.add(new_token(), entries)
 
     await asyncio.gather(*(one(lo) for lo in range(0, pending, chunk)))
 

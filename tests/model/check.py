@@ -389,15 +389,19 @@ def ready_sets(model: Model, state: State, bound: dict[str, dict[str, float]]) -
                     broken.append(f"tag {tid} should be in {name} at {rank}: {zset.get(tid)}")
             elif tid in zset:
                 broken.append(f"tag {tid} is in {name} but should be in {into}")
+    # Weighted turns (not whole numbers) are indexed by value, and only they (lua next_turn).
+    weighted = {t: float(v) for t, v in turns.items() if float(v) != int(float(v))}
+    if _zset(state, "vturns") != weighted:
+        broken.append(f"weighted turns {weighted} but the index holds {_zset(state, 'vturns')}")
     # Ranks decide which tag goes first: a tie would be decided by tag bytes, not by age.
     ranks = Counter([*ready_bound.values(), *ready_new.values()])
     broken += [f"{n} ready tags share the rank {r}" for r, n in ranks.items() if n > 1]
     return broken
 
 
-KEPT_FAMILIES = ("job:", "req:", "dedupe:", "tag-done:", "failed-by:")
+KEPT_FAMILIES = ("job:", "req:", "dedupe:", "tag-done:", "failed-by:", "bucket:")
 KEPT = {"completed", "failed", "counts", "seq", "fence", "epoch", "config", "limits", "wake"}
-KEPT |= {"election", "paused-tags"}
+KEPT |= {"election", "paused-tags", "weights", "rates"}
 """Keys a drained queue may keep: retention records and indexes, request-token replies,
 deduplication windows, and the queue's own settings and counters."""
 

@@ -39,6 +39,7 @@ T = TypeVar("T")
 
 TAGS = ("a", "b", "c", "d", "e")
 LIMITS = {tag_id("c"): 2}  # one tag may run on two workers at once
+WEIGHTS = {tag_id("a"): 3.0, tag_id("c"): 2.0, tag_id("e"): 0.5}  # weighted turns (issue 17)
 MAX_BATCH = 3
 LEASE_MS = 60_000
 
@@ -80,7 +81,7 @@ class Harness:
         self.scripts = Scripts(redis, settings.keys, settings.pending_queue_name)
         self.model = Model(MAX_BATCH, 1, LIMITS)
         self.faults = Faults(self.rng, redis, self.snapshot, fault_rate, self.leader_acts)
-        self.config = TermConfig(max_batch=MAX_BATCH, limits=LIMITS)
+        self.config = TermConfig(max_batch=MAX_BATCH, limits=LIMITS, weights=WEIGHTS)
         self.leader_token = ""
         self.fence = 0
         self.leads = False  # our last elect won and nothing ended the term since
@@ -119,7 +120,9 @@ class Harness:
         if len(entries) == 1 and rng.random() < 0.3:
             dedupe = rng.choice(("k1", "k2")).encode().hex()
         limit = rng.choice((0, 0, 0, 3, 6))
-        await self.add(entries, AddOptions(0, 0, 0, delay, run_at, dedupe, 200, limit))
+        weight = rng.choice((None, None, 0.5, 3.0))  # per call: the tasks' tag while they lead it
+        options = AddOptions(0, 0, 0, delay, run_at, dedupe, 200, limit, weight)
+        await self.add(entries, options)
 
     async def op_flood(self) -> None:
         """A tag longer than cancel searches (1,000): cancels deep in it become ghosts."""
@@ -279,7 +282,7 @@ class Harness:
         """A term with 10,000 per-tag limits (for tags nobody uses): the largest elect input. A
         script that fails must have written nothing."""
         limits = {f"ff{i:05d}": 2 for i in range(10_000)} | LIMITS
-        self.config = TermConfig(max_batch=MAX_BATCH, limits=limits)
+        self.config = TermConfig(max_batch=MAX_BATCH, limits=limits, weights=WEIGHTS)
         before = await self.snapshot()
         try:
             await self.elect(self.leader_token or new_token())
