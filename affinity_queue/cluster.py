@@ -134,6 +134,13 @@ class QueueCluster(RedisCluster):
             raise ValueError("cluster pipelines here are never transactions")
         return _ClusterPipeline(self)  # type: ignore[abstract]  # as redis-py builds it
 
+    async def aclose(self) -> None:
+        await super().aclose()
+        # redis-py closes nothing while a topology re-read is pending (after a connection
+        # error, until the next command): close every node's connections all the same.
+        await self.nodes_manager.aclose()
+        await self.nodes_manager.aclose("startup_nodes")
+
     def pubsub(self, node: Any = None, host: Any = None, port: Any = None, **kwargs: Any) -> Any:
         return _ClusterPubSub(self, node=node, host=host, port=port, **kwargs)
 

@@ -38,7 +38,8 @@ def cluster_port() -> int:
 def _run(*args: str, timeout_s: float = 60) -> str:
     done = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+        output = done.stdout + done.stderr
+        raise RuntimeError(f"{' '.join(args)} failed ({done.returncode}):\n{output}")
     return done.stdout
 
 
@@ -144,6 +145,17 @@ class RedisCluster:
 
         return self._wait(ok, "the cluster to be healthy", limit_s)
 
+    def wait_failover(self, slot: int, dead: ClusterNode, limit_s: float = 30) -> float:
+        """Wait until a replica of ``dead`` serves ``slot`` and the cluster is healthy again;
+        return the seconds it took."""
+        try:
+            took = self._wait(lambda: self.owner(slot) is not dead, "a takeover", limit_s)
+        except RuntimeError as e:
+            views = {n.port: n.client().cluster("nodes") for n in self.live()}
+            logs = {n.port: (n.dir / "redis.log").read_text()[-1500:] for n in self.live()}
+            raise RuntimeError(f"{e}\nviews: {views}\nlogs: {logs}") from None
+        return took + self.wait_healthy(limit_s)
+
     def owner(self, slot: int) -> ClusterNode:
         """The master that serves ``slot``, as a live node sees it."""
         for n in self.live():
@@ -164,6 +176,25 @@ class RedisCluster:
 
     def node_id(self, node: ClusterNode) -> str:
         return str(node.client().execute_command("CLUSTER", "MYID"))
+
+    def move_slot(
+        self, slot: int, target: ClusterNode, *, batch: int = 10, pause_s: float = 0.0
+    ) -> int:
+        """Move ``slot`` to ``target`` the way ``redis-cli --cluster reshard`` moves each slot,
+        ``pause_s`` between batches (a slower network: the slot stays open longer); returns the
+        number of keys moved."""
+        source = self.owner(slot)
+        src, dst = source.client(), target.client()
+        dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", self.node_id(source))
+        src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", self.node_id(target))
+        moved = 0
+        while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, batch):
+            src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+            moved += len(keys)
+            time.sleep(pause_s)
+        for node in (target, source, *(m for m in self.masters() if m not in (source, target))):
+            node.client().execute_command("CLUSTER", "SETSLOT", slot, "NODE", self.node_id(target))
+        return moved
 
     def cleanup(self) -> None:
         for n in self.nodes:
