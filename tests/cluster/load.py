@@ -26,7 +26,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from affinity_queue import AffinityQueue, JobContext, QueueSettings, QueueUnavailableError
 from affinity_queue.aio import cancel_and_wait
 
-from ..fault.ledger import Outcome, Run, check
+from ..fault.ledger import Outcome, Run, by_uid, check
 from .redis_cluster import RedisCluster as Servers
 
 WORKERS_PER_INSTANCE = 3
@@ -208,11 +208,20 @@ class Load:
                 )
             await asyncio.sleep(0.2)
 
-    async def check(self, name: str, *, lost_ok: Collection[str] = ()) -> None:
-        """The ledger invariants for ``name``; ``lost_ok``: accepted tasks a failover lost (a
-        master acknowledged them and died before its replica had them)."""
+    async def check(
+        self, name: str, *, reruns: bool = False, lost_ok: Collection[str] = ()
+    ) -> None:
+        """The ledger invariants for ``name``. ``reruns``: a task may run twice (a failover can
+        lose a finish the replica had not received yet); ``lost_ok``: accepted tasks a failover
+        lost (a master acknowledged them and died before its replica had them)."""
         expected = {u: v for u, v in self.queues[name].expected.items() if u not in lost_ok}
-        check(self.runs, expected, await self.outcomes(name), faulty_pids=None)
+        outcomes = await self.outcomes(name)
+        check(self.runs, expected, outcomes, faulty_pids=None, max_runs=2 if reruns else 1)
+
+    def reruns(self, name: str) -> int:
+        """Accepted tasks of ``name`` that ran more than once."""
+        expected = self.queues[name].expected
+        return sum(1 for uid, rs in by_uid(self.runs).items() if uid in expected and len(rs) > 1)
 
     def stall_s(self, name: str, after: float) -> float:
         """The longest gap between completions of ``name`` from ``after`` (a fault) on: how long
