@@ -31,7 +31,12 @@ from redis.asyncio.connection import SSLConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
-from redis.exceptions import ClusterError, RedisClusterException, TryAgainError
+from redis.exceptions import (
+    ClusterError,
+    RedisClusterException,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
@@ -41,11 +46,13 @@ take: ``rediss+cluster://`` is TLS to every node."""
 CLUSTER_REFUSED: tuple[type[BaseException], ...] = (
     TryAgainError,
     ClusterError,
-    RedisClusterException,
+    SlotNotCoveredError,
 )
 """Cluster errors that mean the command did not run and a later attempt may: the slot is being
 migrated (``TRYAGAIN``, or redirections past redis-py's limit, "TTL exhausted"), the cluster is
-down until a replica takes over (``CLUSTERDOWN``), or no node is known to serve the slot."""
+down until a replica takes over (``CLUSTERDOWN``), or no node is known to serve the slot. Other
+``RedisClusterException`` are bugs (keys of two slots), except those of reading the slot map,
+which :class:`QueueCluster` turns into connection errors."""
 
 _holding: ContextVar[bool] = ContextVar("affinity_queue_cluster_permit", default=False)
 """Set while a task holds a permit: a pipeline re-sends redirected commands through the client,
@@ -117,6 +124,17 @@ class QueueCluster(RedisCluster):
         self.home_slot = key_slot(home_key.encode())
         self._permits = asyncio.Semaphore(max_connections)
         self._pool_timeout_s = pool_timeout_s
+
+    async def initialize(self, *args: Any, **kwargs: Any) -> QueueCluster:
+        """Reads the slot map; no seed reachable, or no full map yet, is an outage like any
+        other (redis-py raises ``RedisClusterException``, which is no ``ConnectionError``)."""
+        try:
+            await super().initialize(*args, **kwargs)
+        except SlotNotCoveredError:
+            raise
+        except RedisClusterException as e:
+            raise RedisConnectionError(f"Redis Cluster: {e}") from e
+        return self
 
     def permit(self) -> _Permit:
         return _Permit(self._permits, self._pool_timeout_s)

@@ -20,6 +20,8 @@ from pathlib import Path
 import redis
 
 NODE_TIMEOUT_MS = 1000
+MASTERS = 3
+"""Each with one replica."""
 
 
 def cluster_port() -> int:
@@ -73,6 +75,7 @@ class ClusterNode:
             "--cluster-enabled", "yes",
             "--cluster-config-file", str(self.dir / "nodes.conf"),
             "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+            "--repl-diskless-sync-delay", "0",  # replicas in sync at once, not after 5 s
             "--logfile", str(self.dir / "redis.log"),
         ]  # fmt: skip
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -102,8 +105,8 @@ class RedisCluster:
         """The ``REDIS_URL`` of the cluster: every node as a seed."""
         return "redis+cluster://" + ",".join(n.address for n in self.nodes)
 
-    def start(self, masters: int = 3, replicas_each: int = 1) -> RedisCluster:
-        for i in range(masters * (1 + replicas_each)):
+    def start(self) -> RedisCluster:
+        for i in range(MASTERS * 2):
             node_dir = self.dir / f"n{i}"
             node_dir.mkdir()
             node = ClusterNode(cluster_port(), node_dir)
@@ -113,10 +116,19 @@ class RedisCluster:
             self._wait(lambda n=node: n.client().ping(), f"node {node.port} to start")
         _run(
             "redis-cli", "--cluster", "create", *(n.address for n in self.nodes),
-            "--cluster-replicas", str(replicas_each), "--cluster-yes",
+            "--cluster-replicas", "1", "--cluster-yes",
         )  # fmt: skip
         self.wait_healthy()
+        self._wait(self._replicas_in_sync, "every replica to finish its first sync")
         return self
+
+    def _replicas_in_sync(self) -> bool:
+        """A replica that has not synced yet cannot take over: a kill must find them synced."""
+        infos = [n.client().info("replication") for n in self.live()]
+        replicas = [i for i in infos if i["role"] == "slave"]
+        return len(replicas) == MASTERS and all(
+            i["master_link_status"] == "up" and not i["master_sync_in_progress"] for i in replicas
+        )
 
     def _wait(self, cond: object, what: str, limit_s: float = 30) -> float:
         start = time.monotonic()

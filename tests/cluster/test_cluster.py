@@ -121,9 +121,10 @@ async def test_master_killed_under_load(
             await load.check(name, reruns=True, lost_ok=lost[name])
         stalls = {name: round(load.stall_s(name, killed_at), 2) for name in QUEUES}
         n_lost = {name: len(uids) for name, uids in lost.items()}
+        reruns = {name: load.reruns(name) for name in QUEUES}
         print(
             f"failover: replica promoted {promoted_s:.2f} s after the kill; processing "
-            f"stalled {stalls} s; acknowledged tasks lost {n_lost}"
+            f"stalled {stalls} s; acknowledged tasks lost {n_lost}; reruns {reruns}"
         )
         for name in QUEUES:
             assert load.done(name) > 0 and stalls[name] < promoted_s + 10, stalls
@@ -175,7 +176,7 @@ async def test_slot_resharded_under_load(
             f"reshard: {moved} keys moved in {took_s:.2f} s ({refused} TRYAGAIN); processing "
             f"stalled {stalls} s; adds refused {load.queues['orders'].refused}"
         )
-        assert stalls["orders"] < took_s + 5 and stalls["billing"] < 1.0, stalls
+        assert stalls["orders"] < took_s + 5 and stalls["billing"] < 1.5, stalls
     finally:
         await load.aclose()
     assert not errors_logged(caplog)
