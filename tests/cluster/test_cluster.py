@@ -17,7 +17,7 @@ import time
 import pytest
 from redis.crc import key_slot
 
-from affinity_queue import AffinityQueue
+from affinity_queue import AffinityQueue, QueueService
 
 from .load import Load, settings
 from .redis_cluster import RedisCluster
@@ -62,11 +62,7 @@ async def test_two_queues_on_two_masters(
         for name in QUEUES:
             client = load.instances[0].queue(load.queue_name(name))._redis
             assert client.get_default_node().port == where[name]  # type: ignore[attr-defined]
-        # wait_for's subscription works on a cluster.
-        orders = load.instances[1].queue()
-        job = await orders.add({"type": "work", "identifyTag": "w", "payload": {
-            "uid": "orders/w#0", "seq": 0, "sleep_s": 0}})  # fmt: skip
-        assert await orders.wait_for(job.id, timeout_s=10) is None  # the handler's result
+        await _wait_for_one(load.instances[1].queue(), 0)  # wait_for's subscription works
         await load.stop_producing()
         for name in QUEUES:
             await load.drained(name, DRAIN_S)
@@ -82,6 +78,13 @@ async def test_two_queues_on_two_masters(
     finally:
         await load.aclose()
     assert not errors_logged(caplog)
+
+
+async def _wait_for_one(queue: QueueService, seq: int) -> None:
+    """Add one task outside the workload and ``wait_for`` it (its result is None)."""
+    payload = {"uid": f"w#{seq}", "seq": seq, "sleep_s": 0}
+    job = await queue.add({"type": "work", "identifyTag": "w", "payload": payload})
+    assert await queue.wait_for(job.id, timeout_s=20) is None
 
 
 async def test_a_burst_past_the_pool_waits_for_connections(redis_cluster: RedisCluster) -> None:
@@ -105,6 +108,8 @@ async def test_master_killed_under_load(
     try:
         await load.start()
         await asyncio.sleep(LOAD_S)
+        orders = load.instances[1].queue()
+        await _wait_for_one(orders, 0)  # subscribed on the master about to die
         victim = redis_cluster.owner(key_slot(b"orders"))
         killed_at = time.time()
         victim.kill()
@@ -112,6 +117,7 @@ async def test_master_killed_under_load(
             redis_cluster.wait_failover, key_slot(b"orders"), victim
         )
         assert redis_cluster.owner(key_slot(b"orders")).port != victim.port
+        await _wait_for_one(orders, 1)  # subscribes again, on the new master
         await asyncio.sleep(LOAD_S)
         await load.stop_producing()
         lost: dict[str, set[str]] = {}
