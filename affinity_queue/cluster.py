@@ -54,9 +54,9 @@ down until a replica takes over (``CLUSTERDOWN``), or no node is known to serve 
 ``RedisClusterException`` are bugs (keys of two slots), except those of reading the slot map,
 which :class:`QueueCluster` turns into connection errors."""
 
-_holding: ContextVar[bool] = ContextVar("affinity_queue_cluster_permit", default=False)
-"""Set while a task holds a permit: a pipeline re-sends redirected commands through the client,
-and that must not wait for a second permit (a full pool would deadlock)."""
+_holding: ContextVar[object] = ContextVar("affinity_queue_cluster_permit", default=None)
+"""The client whose permit this task holds: a pipeline re-sends redirected commands through the
+client, and that must not wait for a second permit (a full pool would deadlock)."""
 
 
 def is_cluster_url(url: str) -> bool:
@@ -137,7 +137,7 @@ class QueueCluster(RedisCluster):
         return self
 
     def permit(self) -> _Permit:
-        return _Permit(self._permits, self._pool_timeout_s)
+        return _Permit(self, self._permits, self._pool_timeout_s)
 
     def get_default_node(self) -> ClusterNode:
         nodes = self.nodes_manager.slots_cache.get(self.home_slot)
@@ -167,19 +167,20 @@ class _Permit:
     """One of a client's permits for the task that holds none yet, waited for up to the pool
     timeout; then the error a full single-server pool raises ("No connection available")."""
 
-    def __init__(self, permits: asyncio.Semaphore, timeout_s: float) -> None:
+    def __init__(self, client: QueueCluster, permits: asyncio.Semaphore, timeout_s: float) -> None:
+        self._client = client
         self._permits = permits
         self._timeout_s = timeout_s
         self._token: Any = None
 
     async def __aenter__(self) -> None:
-        if _holding.get():
+        if _holding.get() is self._client:
             return
         try:
             await asyncio.wait_for(self._permits.acquire(), self._timeout_s)
         except TimeoutError:
             raise RedisConnectionError("No connection available.") from None
-        self._token = _holding.set(True)
+        self._token = _holding.set(self._client)
 
     async def __aexit__(self, *exc: object) -> None:
         if self._token is not None:
