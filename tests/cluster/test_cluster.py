@@ -161,6 +161,8 @@ async def test_slot_resharded_under_load(
     try:
         await load.start()
         await asyncio.sleep(LOAD_S)
+        orders = load.instances[1].queue()
+        await _wait_for_one(orders, 0)  # subscribed on the master that gives the slot away
         where = owners(redis_cluster)
         source = redis_cluster.by_port(where["orders"])
         target = next(n for n in redis_cluster.masters() if n.port not in where.values())
@@ -170,6 +172,7 @@ async def test_slot_resharded_under_load(
         )
         took_s = time.time() - started_at
         assert redis_cluster.owner(key_slot(b"orders")).port == target.port != source.port
+        await _wait_for_one(orders, 1)  # the same subscription hears the new owner's PUBLISH
         await asyncio.sleep(LOAD_S)
         await load.stop_producing()
         for name in QUEUES:
