@@ -21,10 +21,11 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode
 
 from affinity_queue import AffinityQueue, JobContext, QueueSettings, QueueUnavailableError
 from affinity_queue.aio import cancel_and_wait
+from affinity_queue.cluster import QueueCluster
 
 from ..fault.ledger import Outcome, Run, by_uid, check
 from .redis_cluster import RedisCluster as Servers
@@ -170,7 +171,11 @@ class Load:
         """What Redis recorded for each accepted task of ``name``."""
         load = self.queues[name]
         keys = self.instances[0].settings(self.queue_name(name)).keys
-        client = RedisCluster(
+        # The library's client: redis-py's own closes nothing after a connection error.
+        client = QueueCluster(
+            home_key=keys.queue_prefix,
+            max_connections=4,
+            pool_timeout_s=5,
             startup_nodes=[ClusterNode("127.0.0.1", n.port) for n in self.servers.live()],
             decode_responses=True,
         )
