@@ -27,6 +27,7 @@ except ImportError:  # older redis-py has no such notifications and always check
 
 from pydantic import JsonValue
 
+from .cluster import connect_cluster, is_cluster_url, parse_cluster_url
 from .errors import LifecycleError, RoleError, UnknownQueueError
 from .lua import Scripts
 from .observability import MetricsRecorder, TraceRecorder
@@ -82,9 +83,13 @@ def connect(
     commands: int,
     waits: int,
     pool_timeout_s: float,
+    home_key: str = "",
 ) -> tuple[Redis, Redis]:
     """A client for commands (``timeout_s`` each, at most ``commands`` at once) and one for
     ``waits`` blocking waits at once (its socket timeout outlasts them).
+
+    A ``redis+cluster://`` URL gives Redis Cluster clients (cluster.py) that send keyless
+    commands to the master of ``home_key``'s slot.
 
     Both pools make a caller wait up to ``pool_timeout_s`` for a free connection rather than
     fail. Our options win over the URL's (see ``_OWN_OPTIONS``).
@@ -96,8 +101,9 @@ def connect(
     """
     if url.startswith(MEMORY_SCHEME):
         return _connect_memory(url)
+    seeds, single_url = parse_cluster_url(url) if is_cluster_url(url) else ([], url)
     options: dict[str, Any] = {
-        **{k: v for k, v in parse_url(url).items() if k not in _OWN_OPTIONS},
+        **{k: v for k, v in parse_url(single_url).items() if k not in _OWN_OPTIONS},
         "decode_responses": True,
         "socket_connect_timeout": 2,
         "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
@@ -110,6 +116,15 @@ def connect(
         options["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
 
     def client(socket_timeout_s: float, max_connections: int) -> Redis:
+        if seeds:
+            return connect_cluster(
+                seeds,
+                options,
+                home_key=home_key,
+                socket_timeout_s=socket_timeout_s,
+                max_connections=max_connections,
+                pool_timeout_s=pool_timeout_s,
+            )
         pool = BlockingConnectionPool(
             **options, socket_timeout=socket_timeout_s, max_connections=max_connections
         )
@@ -171,6 +186,7 @@ class _Clients:
             s.resolved_redis_url,
             s.redis_timeout_ms / 1000,
             pool_timeout_s=s.redis_pool_timeout_ms / 1000,
+            home_key=s.keys.queue_prefix,
         )
         # Each worker slot holds one connection for its wait; a scheduler waits on one.
         redis, waits = open_(commands=s.redis_max_connections, waits=s.worker_count)

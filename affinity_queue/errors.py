@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import AuthenticationError
 
+from .cluster import CLUSTER_REFUSED
+
 if TYPE_CHECKING:
     from .models import Job
 
@@ -123,7 +125,10 @@ class QueueUnavailableError(AffinityQueueError):
 
 
 def never_sent(cause: BaseException) -> bool:
-    """Whether redis-py failed before sending anything: a failed connect, an exhausted pool."""
+    """Whether redis-py failed before anything ran: a failed connect, an exhausted pool, or a
+    cluster that refused the command (a slot in migration, a failover under way)."""
+    if isinstance(cause, CLUSTER_REFUSED):
+        return True
     text = str(cause).lower()
     return any(s in text for s in ("connecting", "no connection"))
 

@@ -10,6 +10,22 @@ call sends three short arguments, not one per key. Keys that exist per tag, per 
 are *families*: the script appends an id that this module (or a script reading ids that this
 module wrote) produced. No key a script builds can leave the queue's slot.
 
+On Redis Cluster the ``KEYS`` are what Redis routes a script by, and what it checks against a
+slot that a reshard is moving (MIGRATING on the source, IMPORTING on the target). A script cannot
+declare every key it touches (dispatch picks tags out of the ready sets, advance reads the job
+that a worker's list names), and declaring only some real keys would be worse than none: on the
+source, with the declared keys still there, the script runs, and the first command on a key
+already moved fails it *after* its earlier writes ("Script attempted to access a non local key";
+Redis keeps what it wrote). So every script declares the three prefixes, keys of the queue's slot
+that never exist (no key is named exactly ``{q}:``, ``wq:{q}:`` or ``ws:{q}:``). While the slot
+is open the source, lacking them, answers ASK; the target, asked, answers TRYAGAIN, because it
+runs a command of several keys only if it has them all. No script of the queue runs until the
+move ends (redis-py, the loops and producers retry it: a refused script did nothing), and then it
+runs on the new owner with all of the data. Two declared keys at least: a single missing key is
+served by the target after ASKING. Single-key reads and writes outside scripts need nothing of
+this: Redis serves each from whichever node holds that key. Seen on Redis 7.0.15 in
+tests/cluster/test_slot_migration.py and under load in tests/cluster/test_cluster.py.
+
 Tags are user input of any shape (``a:b``, ``{x}``, ``*``, newlines, emoji, long strings), so a tag
 never appears raw in a key: :func:`tag_id` hex-encodes it. Hex is reversible (no two tags collide)
 and contains no glob character (no tag matches another's keys in a ``SCAN`` pattern).

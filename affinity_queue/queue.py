@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import JsonValue, ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError, TryAgainError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .cluster import CLUSTER_REFUSED
 from .errors import (
     InvalidTaskError,
     JobFailedError,
@@ -67,8 +68,15 @@ ten years, far beyond any real use and far from where times in milliseconds over
 JOB_ID = re.compile(r"^[0-9]+(-[0-9a-f]+)?$")
 """What job ids look like (``<order>-<token>``, see lua/add.lua): anything else names no job."""
 
-_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError, ReadOnlyError, TryAgainError)
-"""Errors a producer call is retried through: Redis unreachable, or a replica being promoted."""
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    ReadOnlyError,
+    *CLUSTER_REFUSED,
+)
+"""Errors a producer call is retried through: Redis unreachable, a replica being promoted, or a
+cluster slot in migration."""
 _REFUSED = ("MISCONF", "BUSY")
 """Error replies (besides OOM) that mean Redis refused the call before it wrote anything."""
 

@@ -12,6 +12,7 @@ from redis.exceptions import AuthenticationError, BusyLoadingError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .cluster import CLUSTER_REFUSED
 from .observability.logs import queue_log
 
 T = TypeVar("T")
@@ -21,8 +22,10 @@ RedisTrouble: tuple[type[BaseException], ...] = (
     RedisTimeoutError,
     BusyLoadingError,
     OSError,
+    *CLUSTER_REFUSED,
 )
-"""Errors that mean "Redis is not reachable right now", as opposed to a bug or a bad reply."""
+"""Errors that mean "Redis is not reachable right now", as opposed to a bug or a bad reply; on a
+cluster, also a slot in migration or a failover under way (some are no ``RedisError``)."""
 
 RedisFault: tuple[type[BaseException], ...] = (*RedisTrouble, RedisError)
 """Everything a loop rides out by retrying: an unreachable Redis, and one that refuses

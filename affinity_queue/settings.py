@@ -34,12 +34,13 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from .cluster import CLUSTER_SCHEMES, is_cluster_url, parse_cluster_url
 from .keys import NAME_PATTERN, QueueKeys
 
 MAX_ATTEMPTS_LIMIT = 1000
 """The most runs a task may get (MAX_ATTEMPTS and ``add(max_attempts=)``)."""
 
-REDIS_SCHEMES = ("redis", "rediss", "unix", "memory")
+REDIS_SCHEMES = ("redis", "rediss", "unix", "memory", *CLUSTER_SCHEMES)
 
 
 class Role(StrEnum):
@@ -294,8 +295,9 @@ class QueueSettings(BaseSettings):
 
     redis_url: str | None = Field(None)
     """Overrides REDIS_HOST/PORT/DB (redis://, rediss://, unix:// or memory://, an in-process
-    store). REDIS_PASSWORD fills in a URL without a password; a URL with one plus REDIS_PASSWORD
-    is an error."""
+    store; redis+cluster://host:port,host:port for Redis Cluster, rediss+cluster:// with TLS).
+    REDIS_PASSWORD fills in a URL without a password; a URL with one plus REDIS_PASSWORD is an
+    error."""
     redis_host: str = Field("localhost")
     redis_port: int = Field(6379, ge=1, le=65535)
     redis_password: SecretStr | None = Field(None)
@@ -427,9 +429,11 @@ class QueueSettings(BaseSettings):
         scheme, sep, _ = (value or "").partition("://")
         if value is not None and (not sep or scheme.lower() not in REDIS_SCHEMES):
             raise ValueError(
-                "must be a URL starting with redis://, rediss://, unix:// or memory:// "
-                "(for example redis://localhost:6379/0)"
+                "must be a URL starting with redis://, rediss://, unix://, memory://, "
+                "redis+cluster:// or rediss+cluster:// (for example redis://localhost:6379/0)"
             )
+        if value is not None and is_cluster_url(value):
+            parse_cluster_url(value)  # raises naming what is wrong
         return value
 
     @field_validator("identify_tag_concurrency", mode="before")
