@@ -12,6 +12,8 @@ from redis.exceptions import AuthenticationError, BusyLoadingError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .acl import denial
+
 T = TypeVar("T")
 
 RedisTrouble: tuple[type[BaseException], ...] = (
@@ -34,6 +36,8 @@ def fault_kind(e: BaseException) -> str:
     ``READONLY``, ...), so that one refusal is logged once however its message varies."""
     if isinstance(e, AuthenticationError):  # a ConnectionError, but no outage: say what it is
         return "authentication"
+    if denial(e) is not None:
+        return "acl"
     if isinstance(e, RedisTrouble):
         return "unavailable"
     words = str(e).split(maxsplit=1)
@@ -49,8 +53,9 @@ class Connectivity:
     however many loops and retries there are.
     """
 
-    def __init__(self, queue: str, log: logging.Logger) -> None:
+    def __init__(self, queue: str, log: logging.Logger, acl_rule: str = "") -> None:
         self.queue = queue
+        self._acl_rule = acl_rule
         self._log = log
         self._failing = 0
         self._reported: set[str] = set()
@@ -105,6 +110,15 @@ class Connectivity:
                 self.queue,
                 what,
                 e,
+            )
+        elif kind == "acl":
+            self._log.error(
+                "queue %s: Redis's ACL denies %s (%s); give the Redis user the queue's rule: "
+                "ACL SETUSER <user> %s; retrying",
+                self.queue,
+                denial(e),
+                what,
+                self._acl_rule,
             )
         elif kind == "unavailable":
             self._log.warning(
