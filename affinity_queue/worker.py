@@ -544,7 +544,8 @@ class WorkerService(QueueRuntime):
                     return
                 if wid in self._lost:  # the heartbeat found the lease gone
                     raise LeaseLostError(wid)
-                if woken:  # bound by the scheduler (or nudged by the heartbeat)
+                # Woken: bound by the scheduler (or nudged by the heartbeat).
+                if woken or await self._has_work(wid):
                     job = await self._advance(wid, None, _NOTHING)
                     refused = await self._track(slot, wid, job, _NOTHING)
                 continue
@@ -560,6 +561,22 @@ class WorkerService(QueueRuntime):
                 refused = await self._track(slot, wid, job, outcome)
             finally:
                 self._busy.discard(slot)
+
+    async def _has_work(self, wid: str) -> bool:
+        """Whether Redis holds work for this idle worker that no wake-up announces: after a
+        failover to a replica that missed the last writes, Redis is back at an older state than
+        the worker lived (an active job, queued jobs, the wake-up already taken). One read per
+        idle wait; ``advance`` then goes on from what Redis holds."""
+        keys = self._keys
+
+        async def read() -> list[Any]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hget(keys.worker_state(wid), "active")
+                pipe.llen(keys.worker_queue(wid))
+                return await pipe.execute()
+
+        active, queued = await self._net.retry(read, what=f"worker {wid}: check")
+        return bool(active) or queued > 0
 
     async def _track(
         self, slot: int, wid: str, job: RawJob | None, last: _Outcome
