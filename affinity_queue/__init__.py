@@ -2,9 +2,11 @@
 
 from .core import AffinityQueue
 from .errors import (
+    AclDeniedError,
     AffinityQueueError,
     ConfigMismatchError,
     DataLostError,
+    EvictionPolicyError,
     HookError,
     InvalidScheduleError,
     InvalidTaskError,
@@ -17,6 +19,7 @@ from .errors import (
     PermanentFailure,
     ProgressTooLargeError,
     QueueUnavailableError,
+    ReplicationTimeoutError,
     Retry,
     RoleError,
     ScriptError,
@@ -57,12 +60,14 @@ from .worker import WorkerService
 __version__ = "0.2.0"
 
 __all__ = [
+    "AclDeniedError",
     "AffinityQueue",
     "AffinityQueueDep",
     "AffinityQueueError",
     "CancelOutcome",
     "ConfigMismatchError",
     "DataLostError",
+    "EvictionPolicyError",
     "HookError",
     "InvalidScheduleError",
     "InvalidTaskError",
@@ -86,6 +91,7 @@ __all__ = [
     "QueueSettings",
     "QueueStats",
     "QueueUnavailableError",
+    "ReplicationTimeoutError",
     "Retry",
     "RetryOrder",
     "Role",

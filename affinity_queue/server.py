@@ -28,6 +28,13 @@ MIN_REDIS_VERSION = (6, 2, 0)
 ACL users 6.0) is older."""
 
 
+def too_old(version: str) -> bool:
+    """Whether ``INFO``'s ``redis_version`` is older than ``MIN_REDIS_VERSION`` (an unreadable
+    one is not: compatible servers spell theirs in their own ways)."""
+    numbers = tuple(int(n) for n in re.findall(r"\d+", version)[:3])
+    return bool(numbers) and numbers < MIN_REDIS_VERSION
+
+
 async def check_server(queue: str, redis: Redis, settings: QueueSettings) -> None:
     """Warn when the server is older than ``MIN_REDIS_VERSION`` or may evict keys (refuse the
     latter with REDIS_REQUIRE_NOEVICTION). Needs ``INFO``; without it, or without Redis, the
@@ -45,8 +52,7 @@ async def check_server(queue: str, redis: Redis, settings: QueueSettings) -> Non
             raise QueueUnavailableError(queue, e) from e
         return
     version = str(server.get("redis_version", ""))
-    numbers = tuple(int(n) for n in re.findall(r"\d+", version)[:3])
-    if numbers and numbers < MIN_REDIS_VERSION:
+    if too_old(version):
         log.warning(
             "queue %s: Redis %s is older than %s, the oldest the scripts run on; "
             "expect script errors (ZADD GT)",
