@@ -426,6 +426,8 @@ class QueueSettings(BaseSettings):
             raise ValueError(
                 "REDIS_URL has a user name and REDIS_USERNAME is set too: keep only one of them"
             )
+        if self.redis_wait_replicas and url.startswith("memory:"):
+            raise ValueError("REDIS_WAIT_REPLICAS needs a Redis with replicas; memory:// has none")
         if self.redis_wait_replicas and self.redis_wait_timeout_ms >= self.redis_timeout_ms:
             raise ValueError(
                 "REDIS_WAIT_TIMEOUT must be shorter than REDIS_TIMEOUT (the WAIT runs within one "

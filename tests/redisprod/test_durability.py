@@ -69,3 +69,5 @@ async def test_with_a_replica_an_acknowledged_add_is_on_the_replica(
 def test_the_wait_must_fit_in_one_command() -> None:
     with pytest.raises(ValueError, match="REDIS_WAIT_TIMEOUT must be shorter than REDIS_TIMEOUT"):
         QueueSettings(_env_file=None, redis_wait_replicas=1, redis_wait_timeout_ms=2000)
+    with pytest.raises(ValueError, match="memory:// has none"):
+        QueueSettings(_env_file=None, redis_url="memory://", redis_wait_replicas=1)
