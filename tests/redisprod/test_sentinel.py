@@ -34,7 +34,7 @@ PRODUCER_PAUSE_S = 0.002
 """Between a producer's adds: load the workers can drain as it comes."""
 RESUME_BOUND_S = 15.0
 """Kill to the first run of a task added after it: Sentinel's down-after (2 s), its vote and
-promotion (~1.3 s here), then our backoff (at most 2 s); measured 3.8-5.0 s."""
+promotion (~1.3 s here), then our backoff (at most 2 s); measured 3.7-5.5 s."""
 RESUME_AFTER_REPLICA_S = 5.0
 """With REDIS_WAIT_REPLICAS=1 and one replica: from the replica's return to the first run of a
 durably added task (measured: at once, within the producers' backoff)."""
