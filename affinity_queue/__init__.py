@@ -2,10 +2,12 @@
 
 from .core import AffinityQueue
 from .errors import (
+    AclDeniedError,
     AffinityQueueError,
     BatchFailure,
     ConfigMismatchError,
     DataLostError,
+    EvictionPolicyError,
     HookError,
     InvalidScheduleError,
     InvalidTaskError,
@@ -18,6 +20,7 @@ from .errors import (
     PermanentFailure,
     ProgressTooLargeError,
     QueueUnavailableError,
+    ReplicationTimeoutError,
     Retry,
     RoleError,
     ScriptError,
@@ -58,6 +61,7 @@ from .worker import WorkerService
 __version__ = "0.2.0"
 
 __all__ = [
+    "AclDeniedError",
     "AffinityQueue",
     "AffinityQueueDep",
     "AffinityQueueError",
@@ -65,6 +69,7 @@ __all__ = [
     "CancelOutcome",
     "ConfigMismatchError",
     "DataLostError",
+    "EvictionPolicyError",
     "HookError",
     "InvalidScheduleError",
     "InvalidTaskError",
@@ -88,6 +93,7 @@ __all__ = [
     "QueueSettings",
     "QueueStats",
     "QueueUnavailableError",
+    "ReplicationTimeoutError",
     "Retry",
     "RetryOrder",
     "Role",

@@ -14,11 +14,11 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.connection import parse_url
+from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 try:
     from redis.maint_notifications import MaintNotificationsConfig
@@ -27,14 +27,17 @@ except ImportError:  # older redis-py has no such notifications and always check
 
 from pydantic import JsonValue
 
+from .acl import acl_rule, denial
 from .cluster import connect_cluster, is_cluster_url, parse_cluster_url
-from .errors import LifecycleError, RoleError, UnknownQueueError
+from .connections import aclose_client, pool_factory, tls_options
+from .errors import AclDeniedError, LifecycleError, RoleError, UnknownQueueError
 from .lua import Scripts
 from .observability import MetricsRecorder, TraceRecorder
 from .periodic import Missed, Schedule, check_task, schedule
 from .queue import QueueService
 from .retry import Connectivity
 from .scheduler import Scheduler
+from .server import check_server
 from .settings import QueueSettings, Role
 from .worker import WAIT_CAP_S, Middleware, WorkerService
 
@@ -84,6 +87,7 @@ def connect(
     waits: int,
     pool_timeout_s: float,
     home_key: str = "",
+    own: Mapping[str, Any] | None = None,
 ) -> tuple[Redis, Redis]:
     """A client for commands (``timeout_s`` each, at most ``commands`` at once) and one for
     ``waits`` blocking waits at once (its socket timeout outlasts them).
@@ -98,12 +102,16 @@ def connect(
     pooled connection looks like after a Redis restart, and the command never reached the new
     server. Timeouts are not retried (the command may have run): our loops retry where that is
     safe, and producers get ``QueueUnavailableError`` with ``maybe_written``.
+
+    ``own``: connection options from settings (TLS files, ACL user), winning over the URL's.
+    A Sentinel URL gets pools that find the master through the Sentinels (see connections.py).
     """
     if url.startswith(MEMORY_SCHEME):
         return _connect_memory(url)
     seeds, single_url = parse_cluster_url(url) if is_cluster_url(url) else ([], url)
+    pool_class, url_options = pool_factory(single_url, dict(own or {}))
     options: dict[str, Any] = {
-        **{k: v for k, v in parse_url(single_url).items() if k not in _OWN_OPTIONS},
+        **{k: v for k, v in url_options.items() if k not in _OWN_OPTIONS},
         "decode_responses": True,
         "socket_connect_timeout": 2,
         "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
@@ -125,7 +133,7 @@ def connect(
                 max_connections=max_connections,
                 pool_timeout_s=pool_timeout_s,
             )
-        pool = BlockingConnectionPool(
+        pool = pool_class(
             **options, socket_timeout=socket_timeout_s, max_connections=max_connections
         )
         return Redis.from_pool(pool)
@@ -187,6 +195,7 @@ class _Clients:
             s.redis_timeout_ms / 1000,
             pool_timeout_s=s.redis_pool_timeout_ms / 1000,
             home_key=s.keys.queue_prefix,
+            own=tls_options(s),
         )
         # Each worker slot holds one connection for its wait; a scheduler waits on one.
         redis, waits = open_(commands=s.redis_max_connections, waits=s.worker_count)
@@ -202,7 +211,7 @@ class _Clients:
 
     async def aclose(self) -> None:
         for client in (self.redis, self.waits, self.leader, self.leader_waits):
-            await client.aclose()
+            await aclose_client(client)
 
 
 @dataclass(slots=True)
@@ -225,7 +234,7 @@ class _Queue:
                 extra={"queue": name},
             )
         c = _Clients.open(name, settings)
-        net = Connectivity(name, log)
+        net = Connectivity(name, log, acl_rule(settings))
         return cls(
             name,
             settings,
@@ -234,6 +243,19 @@ class _Queue:
             WorkerService(name, settings, c.redis, c.waits, c.scripts, net),
             Scheduler(name, settings, c.leader, c.leader_waits, c.leader_scripts, net),
         )
+
+    async def start_checks(self) -> None:
+        """The start checks (server version, eviction policy); an ACL refusal of what they
+        read raises :class:`AclDeniedError` naming the command and the rule."""
+        if self.settings.resolved_redis_url.startswith(MEMORY_SCHEME):
+            return
+        try:
+            await check_server(self.name, self.clients.redis, self.settings)
+            await self.worker.check_layout()
+        except ResponseError as e:
+            if (denied := denial(e)) is None:
+                raise
+            raise AclDeniedError(self.name, denied, acl_rule(self.settings)) from e
 
     def reconnect(self) -> None:
         """Fresh clients for a start after ``aclose()``: the closed ones are bound to the event
@@ -450,7 +472,8 @@ class AffinityQueue:
                 q.reconnect()
             self._closing = None
         for q in self._queues.values():
-            await q.worker.check_layout()  # before anything runs: a refusal leaves nothing behind
+            # Before anything runs: a refusal leaves nothing behind.
+            await q.start_checks()
         working = [q for q in self._queues.values() if q.settings.app_role.works]
         try:
             for q in working:

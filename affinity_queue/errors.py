@@ -9,7 +9,10 @@
     ├── UnknownJobError            (also a KeyError) no job has that id (or it expired)
     ├── JobFailedError             wait_for(): the job failed or was cancelled
     ├── QueueUnavailableError      Redis did not answer (`maybe_written`: it may still apply it),
-    │                              or refused the password (`authentication_failed`)
+    │   │                          refused the password (`authentication_failed`) or TLS failed
+    │   └── ReplicationTimeoutError  REDIS_WAIT_REPLICAS replicas did not confirm an add in time
+    ├── AclDeniedError             Redis's ACL denies a command, key or channel the queue needs
+    ├── EvictionPolicyError        REDIS_REQUIRE_NOEVICTION and Redis may evict keys
     ├── UnknownQueueError          (also a KeyError) no queue of that name is declared
     ├── LifecycleError             start() twice, or a service used after aclose()
     ├── RoleError                  asked for workers of a queue whose APP_ROLE runs none
@@ -105,23 +108,97 @@ class QueueUnavailableError(AffinityQueueError):
     retries safe).
 
     ``authentication_failed`` is True when Redis refused the password (nothing was written): fix
-    REDIS_PASSWORD or the password in REDIS_URL, retrying will not help.
+    REDIS_PASSWORD or the password in REDIS_URL, retrying will not help. ``tls_failed`` is True
+    when the TLS handshake failed (a certificate not signed by REDIS_SSL_CA_CERTS, a host name
+    it does not carry, a client certificate the server refused): fix the TLS settings.
     """
 
     def __init__(
-        self, queue: str, cause: BaseException, *, maybe_written: bool | None = None
+        self,
+        queue: str,
+        cause: BaseException,
+        *,
+        maybe_written: bool | None = None,
+        what: str | None = None,
     ) -> None:
         self.authentication_failed = isinstance(cause, AuthenticationError)
+        self.tls_failed = tls_failure(cause)
         if maybe_written is None:
             maybe_written = not never_sent(cause)
         self.maybe_written = maybe_written and not self.authentication_failed
         outcome = "it may have been applied" if self.maybe_written else "nothing was written"
-        if self.authentication_failed:
-            what = "Redis authentication failed; check REDIS_PASSWORD or the password in REDIS_URL"
-        else:
+        if what is None:
             what = "Redis is unavailable"
+            if self.authentication_failed:
+                what = AUTH_HINT
+            elif self.tls_failed:
+                what = TLS_HINT
         super().__init__(f"queue {queue!r}: {what} ({cause}); {outcome}")
         self.queue = queue
+
+
+AUTH_HINT = "Redis authentication failed; check REDIS_PASSWORD or the password in REDIS_URL"
+TLS_HINT = (
+    "the TLS connection to Redis failed; check REDIS_SSL_CA_CERTS (the CA that signed the "
+    "server's certificate), the host name in REDIS_URL against the certificate "
+    "(REDIS_SSL_CHECK_HOSTNAME) and REDIS_SSL_CERTFILE/REDIS_SSL_KEYFILE if the server asks "
+    "for a client certificate"
+)
+
+
+def tls_failure(cause: BaseException) -> bool:
+    """Whether a connection failed in its TLS handshake (redis-py wraps ``ssl.SSLError``)."""
+    text = str(cause)
+    return "SSL" in text or "CERTIFICATE" in text.upper()
+
+
+class ReplicationTimeoutError(QueueUnavailableError):
+    """``add`` with REDIS_WAIT_REPLICAS: fewer replicas than asked confirmed the write within
+    REDIS_WAIT_TIMEOUT. The master has the tasks (``maybe_written`` is True) but a failover now
+    could lose them; give tasks a ``dedupe_key`` to retry safely."""
+
+    def __init__(self, queue: str, acked: int, wanted: int, timeout_ms: int) -> None:
+        cause = TimeoutError(f"WAIT {wanted} {timeout_ms}: {acked} acknowledged")
+        super().__init__(
+            queue,
+            cause,
+            maybe_written=True,
+            what=(
+                f"only {acked} of REDIS_WAIT_REPLICAS={wanted} replicas confirmed the write "
+                f"within REDIS_WAIT_TIMEOUT={timeout_ms} ms"
+            ),
+        )
+        self.acked = acked
+        self.wanted = wanted
+
+
+class AclDeniedError(AffinityQueueError):
+    """Redis's ACL refused a command, key or channel the queue uses: nothing was written by
+    the refused command. The message names it and the rule to give the user (see
+    :func:`affinity_queue.server.acl_rule`)."""
+
+    def __init__(self, queue: str, denied: str, rule: str) -> None:
+        super().__init__(
+            f"queue {queue!r}: Redis's ACL denies {denied}; give the Redis user the queue's "
+            f"rule: ACL SETUSER <user> {rule}"
+        )
+        self.queue = queue
+        self.denied = denied
+        self.rule = rule
+
+
+class EvictionPolicyError(AffinityQueueError):
+    """REDIS_REQUIRE_NOEVICTION is set and Redis's ``maxmemory-policy`` may evict queue keys;
+    raised at start, before anything runs."""
+
+    def __init__(self, queue: str, policy: str) -> None:
+        super().__init__(
+            f"queue {queue!r}: Redis's maxmemory-policy is {policy!r}, which may delete queue "
+            "keys (jobs, leases, request tokens) under memory pressure; set maxmemory-policy "
+            "noeviction (or unset REDIS_REQUIRE_NOEVICTION to start with a warning)"
+        )
+        self.queue = queue
+        self.policy = policy
 
 
 def never_sent(cause: BaseException) -> bool:
@@ -130,7 +207,7 @@ def never_sent(cause: BaseException) -> bool:
     if isinstance(cause, CLUSTER_REFUSED):
         return True
     text = str(cause).lower()
-    return any(s in text for s in ("connecting", "no connection"))
+    return any(s in text for s in ("connecting", "no connection", "no master found"))
 
 
 class UnknownQueueError(AffinityQueueError, KeyError):

@@ -197,6 +197,10 @@ class QueueKeys:
         return self._key("K_COUNTS")
 
     @property
+    def seq(self) -> str:
+        return self._key("K_SEQ")
+
+    @property
     def config(self) -> str:
         return self._key("K_CONFIG")
 

@@ -19,8 +19,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .acl import acl_rule, denial
 from .cluster import CLUSTER_REFUSED
 from .errors import (
+    AclDeniedError,
     InvalidTaskError,
     JobFailedError,
     LifecycleError,
@@ -30,7 +32,7 @@ from .errors import (
     never_sent,
 )
 from .keys import tag_from_id, tag_id
-from .lua import AddOptions, Scripts, new_token
+from .lua import AddOptions, Durability, Scripts, new_token
 from .models import (
     ActivityBucket,
     CancelOutcome,
@@ -93,6 +95,11 @@ class QueueService:
         self.name = name
         self.settings = settings
         self._keys = settings.keys
+        self._wait = (
+            Durability(settings.redis_wait_replicas, settings.redis_wait_timeout_ms, self._keys.seq)
+            if settings.redis_wait_replicas
+            else None
+        )
         self._bind(redis, scripts)
         self.metrics: MetricsRecorder | None = None
         self.tracer: TraceRecorder | None = None
@@ -196,13 +203,14 @@ class QueueService:
                 await self._guard(
                     partial(self._redis.set, self._keys.trace(token), carrier, px=ttl_ms)
                 )
-            added = await self._guard(partial(self._scripts.add, token, entries, options))
+            add = partial(self._scripts.add, entries=entries, options=options, wait=self._wait)
+            added = await self._guard(partial(add, token))
             while added.deduplicated:
                 existing = await self.get_job(added.ids[0])
                 if existing is not None:
                     return [existing]
                 # Its record expired between the two calls: the key no longer admits it.
-                added = await self._guard(partial(self._scripts.add, new_token(), entries, options))
+                added = await self._guard(partial(add, new_token()))
             created = datetime.fromtimestamp(added.now_ms / 1000, UTC)
             run_at = datetime.fromtimestamp(added.due_ms / 1000, UTC) if added.due_ms else None
             jobs.extend(
@@ -801,6 +809,8 @@ class QueueService:
             except ResponseError as e:
                 if isinstance(e, OutOfMemoryError) or str(e).split(" ", 1)[0] in _REFUSED:
                     raise QueueUnavailableError(self.name, e, maybe_written=False) from e
+                if (denied := denial(e)) is not None:
+                    raise AclDeniedError(self.name, denied, acl_rule(self.settings)) from e
                 raise
             await asyncio.sleep(delay_s)
             delay_s = min(delay_s * 2, 0.5)

@@ -12,6 +12,7 @@ from redis.exceptions import AuthenticationError, BusyLoadingError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .acl import denial
 from .cluster import CLUSTER_REFUSED
 from .observability.logs import queue_log
 
@@ -39,6 +40,8 @@ def fault_kind(e: BaseException) -> str:
     ``READONLY``, ...), so that one refusal is logged once however its message varies."""
     if isinstance(e, AuthenticationError):  # a ConnectionError, but no outage: say what it is
         return "authentication"
+    if denial(e) is not None:
+        return "acl"
     if isinstance(e, RedisTrouble):
         return "unavailable"
     words = str(e).split(maxsplit=1)
@@ -54,9 +57,10 @@ class Connectivity:
     however many loops and retries there are.
     """
 
-    def __init__(self, queue: str, log: logging.Logger) -> None:
+    def __init__(self, queue: str, log: logging.Logger, acl_rule: str = "") -> None:
         """``log``: where this queue's faults are reported (its records carry ``queue``)."""
         self.queue = queue
+        self._acl_rule = acl_rule
         self._log = queue_log(log, queue)
         self._failing = 0
         self._reported: set[str] = set()
@@ -111,6 +115,15 @@ class Connectivity:
                 self.queue,
                 what,
                 e,
+            )
+        elif kind == "acl":
+            self._log.error(
+                "queue %s: Redis's ACL denies %s (%s); give the Redis user the queue's rule: "
+                "ACL SETUSER <user> %s; retrying",
+                self.queue,
+                denial(e),
+                what,
+                self._acl_rule,
             )
         elif kind == "unavailable":
             self._log.warning(

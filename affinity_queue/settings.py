@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
@@ -35,12 +36,16 @@ from pydantic_settings import (
 )
 
 from .cluster import CLUSTER_SCHEMES, is_cluster_url, parse_cluster_url
+from .connections import is_sentinel, parse_sentinel_url
 from .keys import NAME_PATTERN, QueueKeys
 
 MAX_ATTEMPTS_LIMIT = 1000
 """The most runs a task may get (MAX_ATTEMPTS and ``add(max_attempts=)``)."""
 
-REDIS_SCHEMES = ("redis", "rediss", "unix", "memory", *CLUSTER_SCHEMES)
+REDIS_SCHEMES = (
+    *("redis", "rediss", "unix", "memory", "redis+sentinel", "rediss+sentinel"),
+    *CLUSTER_SCHEMES,
+)
 
 
 class Role(StrEnum):
@@ -265,6 +270,14 @@ class QueueSettings(BaseSettings):
         "redis_timeout_ms": "REDIS_TIMEOUT",
         "redis_max_connections": "REDIS_MAX_CONNECTIONS",
         "redis_pool_timeout_ms": "REDIS_POOL_TIMEOUT",
+        "redis_username": "REDIS_USERNAME",
+        "redis_ssl_ca_certs": "REDIS_SSL_CA_CERTS",
+        "redis_ssl_certfile": "REDIS_SSL_CERTFILE",
+        "redis_ssl_keyfile": "REDIS_SSL_KEYFILE",
+        "redis_ssl_check_hostname": "REDIS_SSL_CHECK_HOSTNAME",
+        "redis_wait_replicas": "REDIS_WAIT_REPLICAS",
+        "redis_wait_timeout_ms": "REDIS_WAIT_TIMEOUT",
+        "redis_require_noeviction": "REDIS_REQUIRE_NOEVICTION",
         "pending_queue_name": "PENDING_QUEUE_NAME",
         "worker_queue_prefix": "WORKER_QUEUE_PREFIX",
         "worker_state_prefix": "WORKER_STATE_PREFIX",
@@ -320,6 +333,25 @@ class QueueSettings(BaseSettings):
     )
     """How long a command waits for a free pooled connection before it fails (a producer then
     gets QueueUnavailableError with ``maybe_written`` False): a burst queues, it is not refused."""
+    redis_username: str | None = Field(None)
+    """The ACL user (Redis 6+); REDIS_URL may carry it instead (``redis://user:pw@host``)."""
+    redis_ssl_ca_certs: str | None = Field(None)
+    """TLS (``rediss://``): the CA file that signed the server's certificate (default: the
+    system's CAs)."""
+    redis_ssl_certfile: str | None = Field(None)
+    """TLS: this client's certificate, for servers that ask for one (``tls-auth-clients``)."""
+    redis_ssl_keyfile: str | None = Field(None)
+    """TLS: the key of REDIS_SSL_CERTFILE."""
+    redis_ssl_check_hostname: bool = Field(True)
+    """TLS: whether the server's certificate must name the host connected to."""
+    redis_wait_replicas: int = Field(0, ge=0, le=100)
+    """Durability: ``add`` returns only once this many replicas acknowledged its write
+    (Redis ``WAIT``); 0 = return when the master has it (replication is asynchronous)."""
+    redis_wait_timeout_ms: int = Field(1000, ge=1)
+    """How long ``add`` waits for REDIS_WAIT_REPLICAS acknowledgements before it raises
+    ReplicationTimeoutError (``maybe_written`` True); below REDIS_TIMEOUT."""
+    redis_require_noeviction: bool = Field(False)
+    """Refuse to start when Redis's ``maxmemory-policy`` may evict keys (else: a warning)."""
 
     pending_queue_name: Name = Field(
         "pending-tasks",
@@ -430,10 +462,13 @@ class QueueSettings(BaseSettings):
         if value is not None and (not sep or scheme.lower() not in REDIS_SCHEMES):
             raise ValueError(
                 "must be a URL starting with redis://, rediss://, unix://, memory://, "
-                "redis+cluster:// or rediss+cluster:// (for example redis://localhost:6379/0)"
+                "redis+sentinel://, redis+cluster:// (or rediss+ of either) (for example "
+                "redis://localhost:6379/0 or redis+sentinel://host1:26379,host2:26379/mymaster)"
             )
         if value is not None and is_cluster_url(value):
             parse_cluster_url(value)  # raises naming what is wrong
+        if value is not None and is_sentinel(value):
+            parse_sentinel_url(value)  # its ValueError names what is wrong
         return value
 
     @field_validator("identify_tag_concurrency", mode="before")
@@ -465,6 +500,7 @@ class QueueSettings(BaseSettings):
             raise ValueError(
                 "REDIS_URL has a password and REDIS_PASSWORD is set too: keep only one of them"
             )
+        self._redis_options_agree()
         if self.worker_queue_prefix == self.worker_state_prefix:
             raise ValueError(
                 "WORKER_QUEUE_PREFIX and WORKER_STATE_PREFIX must differ "
@@ -483,6 +519,36 @@ class QueueSettings(BaseSettings):
                 f"(got {self.heartbeat_interval_ms} >= {self.heartbeat_timeout_ms} ms)"
             )
         return self
+
+    def _redis_options_agree(self) -> None:
+        url = self.redis_url or ""
+        if self.redis_username and urlsplit(url).username:
+            raise ValueError(
+                "REDIS_URL has a user name and REDIS_USERNAME is set too: keep only one of them"
+            )
+        if self.redis_wait_replicas and url.startswith("memory:"):
+            raise ValueError("REDIS_WAIT_REPLICAS needs a Redis with replicas; memory:// has none")
+        if self.redis_wait_replicas and self.redis_wait_timeout_ms >= self.redis_timeout_ms:
+            raise ValueError(
+                "REDIS_WAIT_TIMEOUT must be shorter than REDIS_TIMEOUT (the WAIT runs within one "
+                f"command; got {self.redis_wait_timeout_ms} >= {self.redis_timeout_ms} ms)"
+            )
+        tls = {
+            "REDIS_SSL_CA_CERTS": self.redis_ssl_ca_certs,
+            "REDIS_SSL_CERTFILE": self.redis_ssl_certfile,
+            "REDIS_SSL_KEYFILE": self.redis_ssl_keyfile,
+        }
+        given = [name for name, path in tls.items() if path]
+        if given and not url.lower().startswith("rediss"):
+            raise ValueError(
+                f"{' and '.join(given)} set, but REDIS_URL does not start with rediss:// "
+                "(or rediss+sentinel://): TLS files apply to TLS connections only"
+            )
+        for name, path in tls.items():
+            if path and not os.path.isfile(path):
+                raise ValueError(f"{name}: no file at {path!r}")
+        if bool(self.redis_ssl_certfile) != bool(self.redis_ssl_keyfile):
+            raise ValueError("REDIS_SSL_CERTFILE and REDIS_SSL_KEYFILE go together: set both")
 
     @model_validator(mode="wrap")
     @classmethod

@@ -629,7 +629,8 @@ class WorkerService(QueueRuntime):
                     return
                 if wid in self._lost:  # the heartbeat found the lease gone
                     raise LeaseLostError(wid)
-                if woken:  # bound by the scheduler (or nudged by the heartbeat)
+                # Woken: bound by the scheduler (or nudged by the heartbeat).
+                if woken or await self._has_work(wid):
                     run = await self._advance(slot, wid, [], [])
                     refused = await self._track(slot, wid, run, _NOTHING)
                 continue
@@ -689,6 +690,22 @@ class WorkerService(QueueRuntime):
         else:
             self._quick.discard(slot)
         return outcomes
+
+    async def _has_work(self, wid: str) -> bool:
+        """Whether Redis holds work for this idle worker that no wake-up announces: after a
+        failover to a replica that missed the last writes, Redis is back at an older state than
+        the worker lived (an active job, queued jobs, the wake-up already taken). One read per
+        idle wait; ``advance`` then goes on from what Redis holds."""
+        keys = self._keys
+
+        async def read() -> list[Any]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hget(keys.worker_state(wid), "active")
+                pipe.llen(keys.worker_queue(wid))
+                return await pipe.execute()
+
+        active, queued = await self._net.retry(read, what=f"worker {wid}: check")
+        return bool(active) or queued > 0
 
     async def _track(
         self, slot: int, wid: str, run: list[RawJob], last: _Outcome

@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, partial
 from importlib.resources import files
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from ..errors import (
     ConfigMismatchError,
@@ -23,6 +24,7 @@ from ..errors import (
     JobNotActiveError,
     LeaseLostError,
     NotLeaderError,
+    ReplicationTimeoutError,
     ScriptCode,
     ScriptError,
     TagBacklogFullError,
@@ -126,6 +128,15 @@ class AddOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class Durability:
+    """REDIS_WAIT_REPLICAS: how many replicas must have an add, and for how long to wait."""
+
+    replicas: int
+    timeout_ms: int
+    touch_key: str  # the queue's seq key: ``INCRBY 0`` on it is a write that changes nothing
+
+
+@dataclass(frozen=True, slots=True)
 class Added:
     ids: list[str]
     now_ms: int
@@ -156,6 +167,7 @@ class Scripts:
     def __init__(self, redis: Redis, keys: QueueKeys, queue: str) -> None:
         self._keys = list(keys.script_keys)
         self._queue = queue
+        self._redis = redis
         self._scripts: dict[str, AsyncScript] = {
             name: redis.register_script(script_source(name)) for name in SCRIPT_NAMES
         }
@@ -188,12 +200,15 @@ class Scripts:
         token: str,
         entries: list[tuple[str, str, str, str]],
         options: AddOptions = AddOptions(),
+        wait: Durability | None = None,
     ) -> Added:
         """Enqueue ``(type, tag, tag id, payload JSON)`` entries as one call with ``token``
-        (a retry with the same token adds nothing twice)."""
+        (a retry with the same token adds nothing twice). With ``wait``, return only once that
+        many replicas have the jobs; else raise :class:`ReplicationTimeoutError`."""
         flat = [field for entry in entries for field in entry]
         o = options
-        reply = await self._call(
+        call = self._call if wait is None else partial(self._durable, wait)
+        reply = await call(
             "add",
             token,
             len(entries),
@@ -215,6 +230,34 @@ class Scripts:
             return Added([str(first)], int(now_ms), True, 0)
         ids = [job_id(int(first) + i, token) for i in range(len(entries))]
         return Added(ids, int(now_ms), False, int(due_ms))
+
+    async def _durable(self, wait: Durability, name: str, *args: Any) -> Any:
+        """Run script ``name``, then ``WAIT`` on the same connection: WAIT counts the replicas
+        that have that connection's writes. The ``INCRBY seq 0`` between them is a write that
+        replicates even when the script wrote nothing (a retry that got the kept reply of a
+        first call sent on another connection, a deduplicated add); replication keeps the
+        master's order, so a replica that has it has every earlier write of the queue."""
+        script = self._scripts[name]
+        for reloaded in (False, True):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.evalsha(script.sha, len(self._keys), *self._keys, *args)
+                pipe.incrby(wait.touch_key, 0)
+                pipe.execute_command("WAIT", wait.replicas, wait.timeout_ms)
+                reply, touched, acked = await pipe.execute(raise_on_error=False)
+            if isinstance(reply, NoScriptError) and not reloaded:
+                await self._redis.script_load(script.script)
+                continue
+            for result in (reply, touched, acked):
+                if isinstance(result, Exception):
+                    raise result
+            checked = self._check(name, reply, "")
+            full = isinstance(checked, list) and checked[0] == ScriptCode.TAG_FULL
+            if not full and int(acked) < wait.replicas:
+                raise ReplicationTimeoutError(
+                    self._queue, int(acked), wait.replicas, wait.timeout_ms
+                )
+            return checked
+        raise AssertionError("unreachable: the second pass returns or raises")
 
     async def dispatch(self, fence: int, budget: int) -> tuple[int, bool, int]:
         """Returns (placed, more work waiting, ms until the next delayed job or held tag is due,

@@ -1,0 +1,143 @@
+"""Where a queue's connections go: one server (``redis://``, ``rediss://``, ``unix://``) or the
+master a set of Sentinels names (``redis+sentinel://``), with TLS and ACL user options.
+
+A Sentinel pool asks the Sentinels for the master's address whenever it opens a connection, and
+drops a connection that finds its server demoted (``READONLY``), so every client (commands,
+blocking waits, the ``wait_for`` subscription) follows a failover on its next connection. Our
+loops and producers already retry through the outage that a failover is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
+from redis.asyncio.connection import parse_url
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+
+if TYPE_CHECKING:
+    from .settings import QueueSettings
+
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+SENTINEL_PORT = 26379
+SENTINEL_EXAMPLE = "redis+sentinel://host1:26379,host2:26379/mymaster"
+
+
+class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """A Sentinel pool that, like ``BlockingConnectionPool``, makes a caller wait (up to its
+    ``timeout``) for a free connection instead of failing past ``max_connections``."""
+
+    async def aclose_sentinels(self) -> None:
+        """Close the connections to the Sentinels (the pool's own are closed by its client)."""
+        await self.sentinel_manager.aclose()
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelTarget:
+    """A parsed ``redis+sentinel://[user:password@]host:port[,host:port...]/master[/db]?...``."""
+
+    sentinels: list[tuple[str, int]]
+    service_name: str
+    tls: bool
+    options: dict[str, Any]  # for the master's connections: db, user, password, query options
+    sentinel_options: dict[str, Any]  # for the Sentinels': sentinel_username, sentinel_password
+
+
+def is_sentinel(url: str) -> bool:
+    return url.partition("://")[0].lower() in SENTINEL_SCHEMES
+
+
+def parse_sentinel_url(url: str) -> SentinelTarget:
+    """Raises ``ValueError`` naming what is wrong (never repeating the URL: it may hold a
+    password)."""
+    scheme, _, rest = url.partition("://")
+    base, q, query = rest.partition("?")
+    userinfo, at, hosts_path = base.rpartition("@")
+    netloc, _, path = hosts_path.partition("/")
+    segments = [unquote(p) for p in path.split("/") if p]
+    if not segments or len(segments) > 2 or (len(segments) == 2 and not segments[1].isdigit()):
+        raise ValueError(
+            f"a Sentinel URL names the master after the hosts, then optionally a db number: "
+            f"{SENTINEL_EXAMPLE}[/0]"
+        )
+    sentinels = []
+    for entry in netloc.split(","):
+        if entry.startswith("["):  # [IPv6]:port
+            host, _, port = entry[1:].partition("]")
+            port = port.removeprefix(":")
+        else:
+            host, _, port = entry.partition(":")
+        port = port or str(SENTINEL_PORT)
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(
+                f"a Sentinel URL lists host:port pairs, comma-separated: {SENTINEL_EXAMPLE}"
+            )
+        sentinels.append((host, int(port)))
+    db = segments[1] if len(segments) == 2 else "0"
+    # The master's options are a plain URL's: reuse redis-py's parsing of them.
+    options = dict(parse_url(f"redis://{userinfo}{at}sentinel-master/{db}{q}{query}"))
+    for name in ("host", "port"):
+        options.pop(name, None)
+    sentinel_options = {
+        name.removeprefix("sentinel_"): options.pop(name)
+        for name in ("sentinel_username", "sentinel_password")
+        if name in options
+    }
+    return SentinelTarget(
+        sentinels, segments[0], scheme.lower().startswith("rediss"), options, sentinel_options
+    )
+
+
+def tls_options(s: QueueSettings) -> dict[str, Any]:
+    """Connection options from the TLS and ACL user settings (they win over the URL's)."""
+    options: dict[str, Any] = {}
+    if s.redis_username:
+        options["username"] = s.redis_username
+    url = (s.redis_url or "").lower()
+    if url.startswith("rediss"):
+        options["ssl_check_hostname"] = s.redis_ssl_check_hostname
+        for option, path in (
+            ("ssl_ca_certs", s.redis_ssl_ca_certs),
+            ("ssl_certfile", s.redis_ssl_certfile),
+            ("ssl_keyfile", s.redis_ssl_keyfile),
+        ):
+            if path:
+                options[option] = path
+    return options
+
+
+def pool_factory(
+    url: str, own: dict[str, Any]
+) -> tuple[Callable[..., ConnectionPool], dict[str, Any]]:
+    """The pool class to build for ``url`` and the URL's connection options (``own`` ones
+    win): a ``BlockingConnectionPool`` for one server, a :class:`BlockingSentinelPool` for a
+    Sentinel URL."""
+    if not is_sentinel(url):
+        return BlockingConnectionPool, {**parse_url(url), **own}
+    target = parse_sentinel_url(url)
+
+    def sentinel_pool(**options: Any) -> ConnectionPool:
+        # Each pool owns its Sentinel clients, with the same short timeouts as its connections.
+        sentinel_kwargs = {
+            "socket_timeout": options["socket_timeout"],
+            "socket_connect_timeout": options["socket_connect_timeout"],
+            "decode_responses": True,
+            **target.sentinel_options,
+        }
+        manager = Sentinel(target.sentinels, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+        return BlockingSentinelPool(  # type: ignore[no-untyped-call]
+            target.service_name, manager, is_master=True, ssl=target.tls, **options
+        )
+
+    return sentinel_pool, {**target.options, **own}
+
+
+async def aclose_client(client: Redis) -> None:
+    """Close ``client``, its pool, and the pool's Sentinel clients if it has any."""
+    await client.aclose()
+    pool = client.connection_pool
+    if isinstance(pool, BlockingSentinelPool):
+        await pool.aclose_sentinels()
