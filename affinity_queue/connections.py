@@ -138,6 +138,6 @@ def pool_factory(
 async def aclose_client(client: Redis) -> None:
     """Close ``client``, its pool, and the pool's Sentinel clients if it has any."""
     await client.aclose()
-    pool = client.connection_pool
+    pool = getattr(client, "connection_pool", None)  # a cluster client has one per node
     if isinstance(pool, BlockingSentinelPool):
         await pool.aclose_sentinels()

@@ -40,10 +40,10 @@ async def check_server(queue: str, redis: Redis, settings: QueueSettings) -> Non
     latter with REDIS_REQUIRE_NOEVICTION). Needs ``INFO``; without it, or without Redis, the
     check is skipped (the loops report an outage). A TLS failure raises: it will not pass."""
     try:
-        async with redis.pipeline(transaction=False) as pipe:  # one section per INFO in 6.2
-            pipe.info("server")
-            pipe.info("memory")
-            server, memory = await pipe.execute()
+        # One section per INFO in 6.2; two calls, not a pipeline, which a cluster client
+        # refuses for INFO (it sends INFO to the queue's master).
+        server = await redis.info("server")
+        memory = await redis.info("memory")
     except NoPermissionError:
         log.debug("queue %s: INFO denied by the ACL: server checks skipped", queue)
         return

@@ -338,11 +338,13 @@ class Harness:
             if leases.get(wid, 0) < now:
                 self.fail(f"dispatch bound {wid} to {tid}; its lease had expired")
             w = self.model.workers.get(wid)
-            if w and w.streak_tid == tid and w.streak >= MAX_BATCH and new_tags - {tid}:
-                self.fail(
-                    f"{wid} ran {w.streak} of {tid} in a row and was bound to it again while "
-                    f"{sorted(new_tags - {tid})} could take a worker"
-                )
+            if w and w.streak_tid == tid and w.streak >= MAX_BATCH:
+                if new_tags - {tid}:
+                    self.fail(
+                        f"{wid} ran {w.streak} of {tid} in a row and was bound to it again "
+                        f"while {sorted(new_tags - {tid})} could take a worker"
+                    )
+                w.streak = 0  # no other tag was placeable: a new batch of the same tag begins
 
     async def op_reap(self) -> None:
         budget = self.rng.randint(1, 5)
