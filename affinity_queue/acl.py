@@ -89,6 +89,7 @@ CLIENT_COMMANDS = (
     "zcard",
     "zcount",
     "zrange",
+    "zrangebylex",
     "zrem",
     "zrevrange",
     "zrevrangebyscore",
