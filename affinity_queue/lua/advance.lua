@@ -93,10 +93,9 @@ if first <= #ARGV and (ran or take < 1) then
   for i = first, #ARGV, 5 do
     local finished, outcome, data = ARGV[i], ARGV[i + 1], ARGV[i + 2]
     local job = K_JOB .. finished
-    local ended = now
+    local started, ended = nil, now
     if outcome ~= '' and ARGV[i + 3] ~= '' then
-      local started = math.max(now - tonumber(ARGV[i + 3]), last_end)
-      rcall('HSET', job, 'started', started)
+      started = math.max(now - tonumber(ARGV[i + 3]), last_end)
       ended = math.max(now - tonumber(ARGV[i + 4]), started)
     end
     if outcome ~= '' then last_end = ended end
@@ -106,12 +105,13 @@ if first <= #ARGV and (ran or take < 1) then
     -- Retention ranks records by when they were recorded (now); the record says when it ended.
     if outcome == 'completed' then
       finish(finished, 'completed', 'result', data, now)
-      if ended ~= now then rcall('HSET', job, 'finished', ended) end
+      if started then rcall('HSET', job, 'started', started, 'finished', ended) end
     elseif outcome == 'failed' or outcome == 'cancelled' then
       add_history(finished, data)
       finish(finished, outcome, 'error', data, now)
-      if ended ~= now then rcall('HSET', job, 'finished', ended) end
+      if started then rcall('HSET', job, 'started', started, 'finished', ended) end
     elseif outcome == 'retry' then
+      if started then rcall('HSET', job, 'started', started) end
       add_history(finished, data)
       local due = now + tonumber(ARGV[3])
       rcall('HSET', job, 'error', data, 'due', due)
