@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 from affinity_queue.keys import QueueKeys, tag_id
 from affinity_queue.lua import Scripts, TermConfig, new_token
 from affinity_queue.scheduler import DISPATCH_BUDGET
+from affinity_queue.worker import HAND_BACK_BUDGET
 
 from ..env import wait_until_rehashed
 from ..stats import Series
@@ -32,6 +33,12 @@ PLACEMENT_WORKERS = 50
 """Idle workers offered to each timed dispatch call; with MAX_BATCH=10 they take 500 jobs, so
 every variant times the same amount of work per call."""
 LONG_LEASE_MS = 3_600_000
+
+
+async def _leave(scripts: Scripts, worker_id: str) -> None:
+    """Deregister a worker, its jobs going back to the front of their tags (in slices)."""
+    while not (await scripts.deregister(worker_id, HAND_BACK_BUDGET))[1]:
+        pass
 
 
 async def fill(scripts: Scripts, pending: int, tags: int, chunk: int = 1000) -> None:
@@ -102,7 +109,7 @@ async def placement(url: str, admin: Redis, pending: int, tags: int, cfg: Config
                 usecs.append(await _evalsha_usec(admin) - before)
                 if got != per_call:
                     raise RuntimeError(f"placement: dispatch placed {got}, expected {per_call}")
-                await asyncio.gather(*(scripts.deregister(w) for w in ids))
+                await asyncio.gather(*(_leave(scripts, w) for w in ids))
             # The median call, not the total: a burst of load from a neighbour on the shared
             # machine spoils a few calls of ~1 ms, and must not move the run's figure.
             rate.add(per_call / statistics.median(walls_s))
