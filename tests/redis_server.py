@@ -19,8 +19,37 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class ServerProcess:
+    """Stopping a server started as ``proc`` with its own ``dir``: shared by every kind of
+    server the tests start (plain, replicas, Sentinels, TLS)."""
+
+    proc: subprocess.Popen[bytes] | None
+    dir: Path
+
+    def stop(self) -> None:
+        """SIGTERM, and SIGKILL if it has not exited 10 s later."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 @dataclass
-class RedisServer:
+class RedisServer(ServerProcess):
     """One redis-server on a free loopback port, with its own data directory."""
 
     appendonly: bool = False
@@ -60,19 +89,3 @@ class RedisServer:
             finally:
                 client.close()
         return self
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        self.proc = None
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self.proc = None
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import redis
 
-from ..redis_server import free_port
+from ..redis_server import ServerProcess, free_port
 
 MASTER_NAME = "aq-master"
 
 
 @dataclass
-class Proc:
+class Proc(ServerProcess):
     """One redis-server (or Sentinel) started with ``args``; ``port`` answers plain PING."""
 
     args: list[str]
@@ -51,23 +51,6 @@ class Proc:
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self.proc = None
-
-    def cleanup(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.proc = None
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def wait_until(ok: object, timeout_s: float, message: str, proc: Proc | None = None) -> None:
