@@ -517,21 +517,45 @@ class WorkerService(QueueRuntime):
     async def _each(
         self, what: str, call: Callable[[str], Awaitable[Any]], worker_ids: list[str]
     ) -> None:
-        """``call`` for every worker at once; a failure is logged, and the others go on."""
-        results = await asyncio.gather(*(call(wid) for wid in worker_ids), return_exceptions=True)
-        for wid, result in zip(worker_ids, results, strict=True):
-            if isinstance(result, (LeaseLostError, *RedisTrouble)):
-                continue  # the leader recovered it already, or its lease lapses with Redis gone
-            if isinstance(result, BaseException):
-                self._log.warning(
-                    "queue %s: could not %s worker %s (%s: %s); its lease lapses after "
-                    "HEARTBEAT_TIMEOUT and the leader recovers it",
-                    self.name,
-                    what,
-                    wid,
-                    type(result).__name__,
-                    result,
+        """``call`` for every worker at once; a failure is logged, and the others go on.
+
+        The calls share the pool, so a hung Redis would fail them a pool's worth at a time, one
+        REDIS_TIMEOUT per wave (12 s for 1,000 workers). Once no call has been answered for
+        REDIS_TIMEOUT the rest are given up: their leases lapse and the leader recovers them."""
+        tasks = [asyncio.ensure_future(call(wid)) for wid in worker_ids]
+        pending = set(tasks)
+        try:
+            while pending:
+                done, pending = await asyncio.wait(
+                    pending, timeout=self.settings.redis_timeout_ms / 1000
                 )
+                if all(t.cancelled() or isinstance(t.exception(), RedisTrouble) for t in done):
+                    break
+        finally:
+            if pending:
+                await cancel_and_wait(pending, logger=self._log)
+        if pending:
+            self._log.warning(
+                "queue %s: Redis answered nothing for REDIS_TIMEOUT; %d worker(s) left without "
+                "their %s call; their leases lapse after HEARTBEAT_TIMEOUT and the leader "
+                "recovers them",
+                self.name,
+                len(pending),
+                what,
+            )
+        for wid, task in zip(worker_ids, tasks, strict=True):
+            error = None if task.cancelled() else task.exception()
+            if error is None or isinstance(error, (LeaseLostError, *RedisTrouble)):
+                continue  # the leader recovered it already, or its lease lapses with Redis gone
+            self._log.warning(
+                "queue %s: could not %s worker %s (%s: %s); its lease lapses after "
+                "HEARTBEAT_TIMEOUT and the leader recovers it",
+                self.name,
+                what,
+                wid,
+                type(error).__name__,
+                error,
+            )
 
     async def _retire(self, wid: str) -> None:
         """Hand the worker's queued jobs back, one slice per call, until its queue is empty."""
