@@ -221,11 +221,11 @@ class Scheduler(QueueRuntime):
             self.metrics.recovered(workers)
         if workers or jobs:
             self._log.warning(
-                "queue %s: recovered %d dead worker(s), %d job(s) back to their tags: %s",
+                "queue %s: recovered %d dead worker(s), %d job(s) back to their tags%s",
                 self.name,
                 workers,
                 jobs,
-                named_ids(ids, jobs),
+                f": {named_ids(ids, jobs)}" if jobs else "",
                 extra={"job_ids": ids},
             )
         return more
