@@ -213,7 +213,7 @@ def connect_cluster(
         retry=Retry(NoBackoff(), 0),
         reinitialize_steps=0,  # MOVED moves one slot: patch it, never drop every connection
         socket_timeout=socket_timeout_s,
-        ssl=options.get("connection_class") is SSLConnection,
+        ssl=issubclass(options.get("connection_class", object), SSLConnection),
         **own,
     )
     return cast(Redis, client)
