@@ -104,6 +104,51 @@ async def test_weights_survive_a_leader_change(engine: Engine) -> None:
     assert_shares(before + after, 0.05)
 
 
+async def test_weights_changed_by_a_new_leader_mid_batch_apply_from_the_next_turns(
+    engine: Engine,
+) -> None:
+    """A leader with new weights (1:2:3 becomes 3:2:1) takes over while a worker is in the
+    middle of a batch: that batch runs to its end, the next 300 batches follow the new weights,
+    and each tag's finished jobs are exactly its first ones in the order they were added."""
+    await engine.elect(
+        max_batch=5, concurrency=2, weights={tag_id(t): w for t, w in SHARES.items()}
+    )
+    await engine.register(*WORKERS)
+    ids: dict[str, list[str]] = {tag: [] for tag in SHARES}
+    for _ in range(30):
+        for tag in SHARES:
+            ids[tag] += await engine.add(tag, 100)
+    await run_batches(engine, 150)
+    assert await engine.dispatch() > 0
+    job = await engine.take("w1")
+    assert job is not None
+    middle = [job]
+    assert await engine.scripts.resign("token")
+    new_weights = {t: 4 - w for t, w in SHARES.items()}
+    engine.fence = await engine.scripts.elect(
+        "another",
+        30_000,
+        "node-2",
+        "host",
+        2,
+        engine_config(max_batch=5, weights={tag_id(t): float(w) for t, w in new_weights.items()}),
+    )
+    while (job := await engine.take("w1", job)) is not None:
+        middle.append(job)
+    assert len({j.identify_tag for j in middle}) == 1 and 1 < len(middle) <= 5
+    job = await engine.take("w2")  # w2's batch, placed before the change
+    while job is not None:
+        job = await engine.take("w2", job)
+    after = Counter(await run_batches(engine, 300))
+    for tag, weight in new_weights.items():
+        expected = 300 * weight / 6
+        assert abs(after[tag] - expected) <= 0.05 * expected, after
+    for tag, tag_ids in ids.items():
+        statuses = [(await engine.job(i))["status"] for i in tag_ids]
+        finished = statuses.count("completed")
+        assert statuses == ["completed"] * finished + ["pending"] * (len(tag_ids) - finished), tag
+
+
 def engine_config(**values: Any) -> Any:
     from affinity_queue.lua import TermConfig
 
