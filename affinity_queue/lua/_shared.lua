@@ -261,22 +261,29 @@ end
 -- Record the end of jobs: each one's status and outcome, the retention index it joins (trimmed
 -- to the newest `keep` and to `ttl_ms`, TRIM_SLICE entries per job recorded and rule; each
 -- record expires after `ttl_ms` by itself), its tag's list of finished jobs, and a notification
--- when somebody waits for it. `ends` lists {id, status, field, value, started, ended}: `field` is
--- 'result' or 'error'; `started` and `ended` (optional) say when the job really ran, else it
--- ended `now`. Retention ranks records by `now`, when they were recorded. A dead letter also
--- joins its K_FAILED_BY indexes, which age out like the dead-letter set (and expire whole when
--- no failure joins them). The writes shared by the jobs (index, tag list, counts, trimming) are
--- one command each per call, not per job.
+-- when somebody waits for it. `ends` lists {id, status, field, value, started, ended, tid}:
+-- `field` is 'result' or 'error'; `started` and `ended` (optional) say when the job really ran,
+-- else it ended `now`; `tid` (optional) is the job's tag id when the caller knows it. Retention
+-- ranks records by `now`, when they were recorded. A dead letter also joins its K_FAILED_BY
+-- indexes, which age out like the dead-letter set (and expire whole when no failure joins
+-- them). The writes shared by the jobs (index, tag list, counts, trimming) are one command each
+-- per call, not per job.
 local function finish_run(ends, now)
   local c = rcall('HMGET', K_CONFIG, 'keep_completed', 'completed_ttl', 'keep_failed',
-    'failed_ttl')
+    'failed_ttl', 'notify')
   local rules = {
     { index = K_COMPLETED, keep = tonumber(c[1]) or 100000, ttl = tonumber(c[2]) or 86400000 },
     { index = K_FAILED, keep = tonumber(c[3]) or 100000, ttl = tonumber(c[4]) or 86400000 },
   }
+  -- Numbers sent as text once: Redis formats a Lua number argument anew in every command.
+  local now_s = int(now)
+  for _, rule in ipairs(rules) do rule.ttl_s = int(rule.ttl) end
   local statuses, counted = {}, {}
   local tids, done_ids, done_ttl = {}, {}, {}
   local ending = {}
+  -- Past the end of the last watch (watch.lua) no job's notify field can be due, so a completed
+  -- job of a known tag needs no read.
+  local watched = (tonumber(c[5]) or 0) >= now
   for _, e in ipairs(ends) do
     local id, status, value = e[1], e[2], e[4]
     local rule = rules[status == 'failed' and 2 or 1]
@@ -284,14 +291,17 @@ local function finish_run(ends, now)
     if e[5] then
       rcall('HSET', job, 'status', status, 'started', e[5], 'finished', e[6], e[3], value)
     else
-      rcall('HSET', job, 'status', status, 'finished', now, e[3], value)
+      rcall('HSET', job, 'status', status, 'finished', now_s, e[3], value)
     end
-    rcall('PEXPIRE', job, rule.ttl)
+    rcall('PEXPIRE', job, rule.ttl_s)
     rule[#rule + 1] = id
     ending[id] = true
     if not counted[status] then statuses[#statuses + 1] = status end
     counted[status] = (counted[status] or 0) + 1
-    local f = rcall('HMGET', job, 'tid', 'type', 'notify')
+    local f = { e[7] }
+    if watched or not e[7] or status == 'failed' then
+      f = rcall('HMGET', job, 'tid', 'type', 'notify')
+    end
     if f[1] then
       if not done_ids[f[1]] then
         tids[#tids + 1], done_ids[f[1]], done_ttl[f[1]] = f[1], {}, rule.ttl
@@ -319,7 +329,7 @@ local function finish_run(ends, now)
   for _, rule in ipairs(rules) do
     if #rule > 0 then
       local index, slice, scored = rule.index, TRIM_SLICE * #rule, {}
-      for i, id in ipairs(rule) do scored[2 * i - 1], scored[2 * i] = now, id end
+      for i, id in ipairs(rule) do scored[2 * i - 1], scored[2 * i] = now_s, id end
       rcall('ZADD', index, unpack(scored))
       local expired = rcall('ZRANGEBYSCORE', index, '-inf', now - rule.ttl, 'LIMIT', 0, slice)
       if #expired > 0 then

@@ -52,7 +52,6 @@ local w = ARGV[1]
 local state = K_WS .. w
 local now = now_ms()
 if not live_lease(w, now) then return ERR_LEASE_LOST end
-local cfg = load_config()
 local take = tonumber(ARGV[2])
 local m = tonumber(ARGV[5])
 local batch_max = {}
@@ -84,7 +83,7 @@ if first <= #ARGV and (ran or take < 1) then
       local job = K_JOB .. ARGV[i]
       local f = rcall('HMGET', job, 'cancel', 'tid')
       if f[1] == '1' then
-        ends[#ends + 1] = { ARGV[i], 'cancelled', 'error', CANCELLED_UNRUN }
+        ends[#ends + 1] = { ARGV[i], 'cancelled', 'error', CANCELLED_UNRUN, nil, nil, f[2] }
       else
         rcall('LPUSH', K_WQ .. w, ARGV[i])
         backlog(f[2], 1)  -- waiting to start again
@@ -100,6 +99,8 @@ if first <= #ARGV and (ran or take < 1) then
   -- that took it), never before the end of the worker's previous job: the worker's clock and
   -- Redis's differ by a round trip, and the records must not show a tag running twice at once.
   local last_end = tonumber(s[2]) or 0
+  -- The run's jobs came from the worker's queue, which holds jobs of the tag it is bound to.
+  local tid = s[3] ~= '' and s[3] or nil
   for i = first, #ARGV, 5 do
     local finished, outcome, data = ARGV[i], ARGV[i + 1], ARGV[i + 2]
     local job = K_JOB .. finished
@@ -113,10 +114,10 @@ if first <= #ARGV and (ran or take < 1) then
       outcome = 'cancelled'  -- its cancellation was requested: no more attempts
     end
     if outcome == 'completed' then
-      ends[#ends + 1] = { finished, 'completed', 'result', data, started, ended }
+      ends[#ends + 1] = { finished, 'completed', 'result', data, started, ended, tid }
     elseif outcome == 'failed' or outcome == 'cancelled' then
       add_history(finished, data)
-      ends[#ends + 1] = { finished, outcome, 'error', data, started, ended }
+      ends[#ends + 1] = { finished, outcome, 'error', data, started, ended, tid }
     elseif outcome == 'retry' then
       if started then rcall('HSET', job, 'started', started) end
       add_history(finished, data)
@@ -146,6 +147,7 @@ if first <= #ARGV and (ran or take < 1) then
     local tid = rcall('HGET', K_JOB .. held, 'tid')
     -- GT: with concurrency > 1, a shorter retry must not shorten a longer one's hold.
     if tid then rcall('ZADD', K_HELD, 'GT', now + tonumber(ARGV[3]), tid) end
+    local cfg = load_config()
     release(w, cfg, now)
     for t in pairs(tids) do refresh_tag(t, cfg) end
     return 0
@@ -181,7 +183,7 @@ local queue = K_WQ .. w
 local ids = rcall('LPOP', queue, m == 0 and take or 1)
 if not ids then
   counted()
-  release(w, cfg, now)
+  release(w, load_config(), now)  -- the scheduling settings matter only here
   return 0
 end
 local head = rcall('HMGET', K_JOB .. ids[1], unpack(fields))
@@ -204,10 +206,12 @@ for i = #ids, #rows + 1, -1 do
   ids[i] = nil
 end
 local waiting = {}  -- tag id -> jobs of it that start now (they stop waiting: TAG INDEX)
+local now_s = int(now)  -- sent as text once (Redis formats a Lua number in every command)
 for i, taken in ipairs(ids) do
   local f = rows[i]
   f[4] = (tonumber(f[4]) or 0) + 1
-  rcall('HSET', K_JOB .. taken, 'status', 'active', 'started', now, 'worker', w, 'attempts', f[4])
+  rcall('HSET', K_JOB .. taken, 'status', 'active', 'started', now_s, 'worker', w,
+    'attempts', f[4])
   if f[11] then waiting[f[11]] = (waiting[f[11]] or 0) + 1 end
   append(taken, f, now)
 end
