@@ -78,21 +78,25 @@ if first <= #ARGV and (ran or take < 1) then
   -- Not run: back to the front of the worker's queue, in order, as if never taken (or
   -- cancelled, if that was requested meanwhile: it never ran).
   local ends = {}
+  local back, back_tids = {}, {}  -- the unrun jobs, last first (one LPUSH); per tag, how many
   for i = #ARGV - 4, first, -5 do
     if ARGV[i + 1] == '' then
       local job = K_JOB .. ARGV[i]
-      local f = rcall('HMGET', job, 'cancel', 'tid')
+      local f = rcall('HMGET', job, 'cancel', 'tid', 'attempts')
       if f[1] == '1' then
         ends[#ends + 1] = { ARGV[i], 'cancelled', 'error', CANCELLED_UNRUN, nil, nil, f[2] }
       else
-        rcall('LPUSH', K_WQ .. w, ARGV[i])
-        backlog(f[2], 1)  -- waiting to start again
-        rcall('HSET', job, 'status', 'assigned')
+        back[#back + 1] = ARGV[i]
+        if f[2] then back_tids[f[2]] = (back_tids[f[2]] or 0) + 1 end
+        rcall('HSET', job, 'status', 'assigned', 'attempts', int((tonumber(f[3]) or 1) - 1))
         rcall('HDEL', job, 'started')
-        rcall('HINCRBY', job, 'attempts', -1)
-        assigned_delta = assigned_delta + 1
       end
     end
+  end
+  if #back > 0 then
+    rcall('LPUSH', K_WQ .. w, unpack(back))
+    for t, n in pairs(back_tids) do backlog(t, n) end  -- waiting to start again
+    assigned_delta = assigned_delta + #back
   end
   local held = nil  -- a strict retry: it goes back to its tag after the others are recorded
   -- A job's record says when it really ran (taken with others, it started later than the call
