@@ -82,7 +82,7 @@ QUEUE_KEYS: tuple[tuple[str, str, str], ...] = (
     ("K_IDLE", "idle", "zset: idle worker ids, score = when they became idle (ms)"),
     ("K_WORKERS", "workers", "zset: live worker ids, score = lease expiry (Redis ms)"),
     ("K_WAKE", "wake", "list: non-empty when the scheduler has placement work"),
-    ("K_CONFIG", "config", "hash: the leader's scheduling and retention settings, paused"),
+    ("K_CONFIG", "config", "hash: the leader's settings, paused, notify (the last watch's end)"),
     ("K_LIMITS", "limits", "hash: tag id -> concurrency limit"),
     ("K_WEIGHTS", "weights", "hash: tag id -> fair-share weight (the leader's settings)"),
     ("K_RATES", "rates", "hash: tag id -> most tasks started per second (the leader's settings)"),

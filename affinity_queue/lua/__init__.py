@@ -1,8 +1,9 @@
 """Loads the Lua scripts and gives each a typed Python method.
 
-Each ``<operation>.lua`` is one atomic operation; ``_shared.lua`` is prepended to it so rules used
-by several operations exist once. ``register_script`` caches the SHA and reloads the script after
-``SCRIPT FLUSH`` or a Redis restart (``NOSCRIPT``), so callers never see either.
+Each ``<operation>.lua`` is one atomic operation; the parts of ``_shared.lua`` it uses are
+prepended to it so rules used by several operations exist once. ``register_script`` caches the
+SHA and reloads the script after ``SCRIPT FLUSH`` or a Redis restart (``NOSCRIPT``), so callers
+never see either.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ..errors import (
 )
 from ..keys import QueueKeys, lua_key_names, tag_from_id
 from .coalesce import Coalesced
+from .prelude import prune
 
 SCRIPT_NAMES = (
     "add",
@@ -59,14 +61,12 @@ HEARTBEAT_SLICE = 50
 
 @cache
 def script_source(name: str) -> str:
-    """The text sent to Redis for one operation: the key names, the shared prelude, then the
-    operation."""
+    """The text sent to Redis for one operation: the key names and shared definitions it uses
+    (see prelude.py), then the operation."""
     lua = files(__package__)
-    return (
-        lua_key_names()
-        + lua.joinpath("_shared.lua").read_text()
-        + lua.joinpath(f"{name}.lua").read_text()
-    )
+    operation = lua.joinpath(f"{name}.lua").read_text()
+    shared = prune(lua.joinpath("_shared.lua").read_text(), operation)
+    return prune(lua_key_names(), shared + operation) + shared + operation
 
 
 def new_token() -> str:

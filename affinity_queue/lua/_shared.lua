@@ -37,7 +37,7 @@ local ERR_TAG_FULL = -5
 local ERR_LAYOUT = -6
 local ERR_NEED_LIMITS = -7
 local REQUEST_TTL_MS = 120000  -- how long a request token's reply is kept for a retry
-local TRIM_SLICE = 20  -- most retention entries one finish removes (per rule: age, count)
+local TRIM_SLICE = 20  -- most retention entries one finished job removes (per rule: age, count)
 local TAG_DONE_KEEP = 20  -- finished job ids kept per tag for its page (K_TAG_DONE)
 local NAMED_IDS = 10  -- job ids a recovery names in its reply (for its log line)
 
@@ -243,9 +243,9 @@ end
 
 -- Unbind a running worker from its tag and make it idle (its queue is empty). It remembers the
 -- tag and its batch: a new binding to the same tag continues that count (see dispatch).
-local function release(w, cfg)
+local function release(w, cfg, now)
   local state = K_WS .. w
-  local s = rcall('HMGET', state, 'status', 'tid', 'batch', 'rank')
+  local s = rcall('HMGET', state, 'status', 'tid', 'batch', 'rank', 'retiring')
   if s[1] ~= 'running' then return end
   rcall('ZREM', K_BOUND .. s[2], w)
   if rcall('EXISTS', K_TAG .. s[2]) == 1 then
@@ -253,69 +253,116 @@ local function release(w, cfg)
   end
   rcall('HSET', state, 'status', 'idle', 'tid', '', 'tag', '', 'batch', 0, 'last', s[2],
     'streak', s[3])
-  if rcall('HGET', state, 'retiring') ~= '1' then rcall('ZADD', K_IDLE, now_ms(), w) end
+  if s[5] ~= '1' then rcall('ZADD', K_IDLE, now, w) end
   refresh_tag(s[2], cfg)
   wake_scheduler_if_work()
 end
 
--- Record the end of a job: its status and outcome, the retention index it joins (trimmed to
--- the newest `keep` and to `ttl_ms`, TRIM_SLICE entries per call; each record expires after
--- `ttl_ms` by itself), its tag's list of finished jobs, and a notification when somebody waits
--- for it. `field` is 'result' or 'error'. A dead letter also joins its K_FAILED_BY indexes,
--- which age out like the dead-letter set (and expire whole when no failure joins them).
-local function finish(id, status, field, value, now)
-  local job = K_JOB .. id
-  rcall('HSET', job, 'status', status, 'finished', now, field, value)
-  local index, keep, ttl = K_COMPLETED, 'keep_completed', 'completed_ttl'
-  if status == 'failed' then index, keep, ttl = K_FAILED, 'keep_failed', 'failed_ttl' end
-  local r = rcall('HMGET', K_CONFIG, keep, ttl)
-  keep, ttl = tonumber(r[1]) or 100000, tonumber(r[2]) or 86400000
-  rcall('PEXPIRE', job, ttl)
-  rcall('ZADD', index, now, id)
-  local f = rcall('HMGET', job, 'tid', 'type', 'notify')
-  if f[1] then
+-- Record the end of jobs: each one's status and outcome, the retention index it joins (trimmed
+-- to the newest `keep` and to `ttl_ms`, TRIM_SLICE entries per job recorded and rule; each
+-- record expires after `ttl_ms` by itself), its tag's list of finished jobs, and a notification
+-- when somebody waits for it. `ends` lists {id, status, field, value, started, ended, tid}:
+-- `field` is 'result' or 'error'; `started` and `ended` (optional) say when the job really ran,
+-- else it ended `now`; `tid` (optional) is the job's tag id when the caller knows it. Retention
+-- ranks records by `now`, when they were recorded. A dead letter also joins its K_FAILED_BY
+-- indexes, which age out like the dead-letter set (and expire whole when no failure joins
+-- them). The writes shared by the jobs (index, tag list, counts, trimming) are one command each
+-- per call, not per job.
+local function finish_run(ends, now)
+  local c = rcall('HMGET', K_CONFIG, 'keep_completed', 'completed_ttl', 'keep_failed',
+    'failed_ttl', 'notify')
+  local rules = {
+    { index = K_COMPLETED, keep = tonumber(c[1]) or 100000, ttl = tonumber(c[2]) or 86400000 },
+    { index = K_FAILED, keep = tonumber(c[3]) or 100000, ttl = tonumber(c[4]) or 86400000 },
+  }
+  -- Numbers sent as text once: Redis formats a Lua number argument anew in every command.
+  local now_s = int(now)
+  for _, rule in ipairs(rules) do rule.ttl_s = int(rule.ttl) end
+  local statuses, counted = {}, {}
+  local tids, done_ids, done_ttl = {}, {}, {}
+  local ending = {}
+  -- Past the end of the last watch (watch.lua) no job's notify field can be due, so a completed
+  -- job of a known tag needs no read.
+  local watched = (tonumber(c[5]) or 0) >= now
+  for _, e in ipairs(ends) do
+    local id, status, value = e[1], e[2], e[4]
+    local rule = rules[status == 'failed' and 2 or 1]
+    local job = K_JOB .. id
+    if e[5] then
+      rcall('HSET', job, 'status', status, 'started', e[5], 'finished', e[6], e[3], value)
+    else
+      rcall('HSET', job, 'status', status, 'finished', now_s, e[3], value)
+    end
+    rcall('PEXPIRE', job, rule.ttl_s)
+    rule[#rule + 1] = id
+    ending[id] = true
+    if not counted[status] then statuses[#statuses + 1] = status end
+    counted[status] = (counted[status] or 0) + 1
+    local f = { e[7] }
+    if watched or not e[7] or status == 'failed' then
+      f = rcall('HMGET', job, 'tid', 'type', 'notify')
+    end
+    if f[1] then
+      if not done_ids[f[1]] then
+        tids[#tids + 1], done_ids[f[1]], done_ttl[f[1]] = f[1], {}, rule.ttl
+      end
+      table.insert(done_ids[f[1]], id)
+    end
+    if status == 'failed' then
+      for _, key in ipairs(failed_by_keys(f[2], f[1], value)) do
+        rcall('ZADD', key, now, id)
+        local old = rcall('ZRANGEBYSCORE', key, '-inf', now - rule.ttl, 'LIMIT', 0, TRIM_SLICE)
+        if #old > 0 then rcall('ZREM', key, unpack(old)) end
+        rcall('PEXPIRE', key, rule.ttl)
+      end
+    end
+    if (tonumber(f[3]) or 0) >= now then rcall('PUBLISH', K_DONE, id) end
+  end
+  for _, tid in ipairs(tids) do
     -- Trimmed to TAG_DONE_KEEP once it holds twice that, and expiring `ttl` after it began
-    -- (like the records it names): about one command per finish, not three.
-    local done = K_TAG_DONE .. f[1]
-    local n = rcall('LPUSH', done, id)
-    if n == 1 then rcall('PEXPIRE', done, ttl) end
+    -- (like the records it names).
+    local done, ids = K_TAG_DONE .. tid, done_ids[tid]
+    local n = rcall('LPUSH', done, unpack(ids))
+    if n == #ids then rcall('PEXPIRE', done, done_ttl[tid]) end
     if n > 2 * TAG_DONE_KEEP then rcall('LTRIM', done, 0, TAG_DONE_KEEP - 1) end
   end
-  if index == K_FAILED then
-    for _, key in ipairs(failed_by_keys(f[2], f[1], value)) do
-      rcall('ZADD', key, now, id)
-      local old = rcall('ZRANGEBYSCORE', key, '-inf', now - ttl, 'LIMIT', 0, TRIM_SLICE)
-      if #old > 0 then rcall('ZREM', key, unpack(old)) end
-      rcall('PEXPIRE', key, ttl)
-    end
-  end
-  local expired = rcall('ZRANGEBYSCORE', index, '-inf', now - ttl, 'LIMIT', 0, TRIM_SLICE)
-  if #expired > 0 then
-    if index == K_FAILED then
-      for _, old in ipairs(expired) do unindex_failed(old) end
-    end
-    rcall('ZREM', index, unpack(expired))
-  end
-  local excess = math.min(rcall('ZCARD', index) - keep, TRIM_SLICE)
-  if excess > 0 then
-    local popped = rcall('ZPOPMIN', index, excess)
-    for i = 1, #popped, 2 do  -- member, score, member, score ...
-      if index == K_FAILED then unindex_failed(popped[i]) end
-      -- A record somebody still waits for lives a few seconds past the wait, so wait_for can
-      -- read it after its wake-up.
-      local old = K_JOB .. popped[i]
-      local watched = tonumber(rcall('HGET', old, 'notify')) or 0
-      if popped[i] == id then
-        -- the newest record itself (ties in finish time): its TTL trims it
-      elseif watched < now then
-        rcall('DEL', old)
-      else
-        rcall('PEXPIRE', old, watched - now + 5000)
+  for _, rule in ipairs(rules) do
+    if #rule > 0 then
+      local index, slice, scored = rule.index, TRIM_SLICE * #rule, {}
+      for i, id in ipairs(rule) do scored[2 * i - 1], scored[2 * i] = now_s, id end
+      rcall('ZADD', index, unpack(scored))
+      local expired = rcall('ZRANGEBYSCORE', index, '-inf', now - rule.ttl, 'LIMIT', 0, slice)
+      if #expired > 0 then
+        if index == K_FAILED then
+          for _, old in ipairs(expired) do unindex_failed(old) end
+        end
+        rcall('ZREM', index, unpack(expired))
+      end
+      local excess = math.min(rcall('ZCARD', index) - rule.keep, slice)
+      if excess > 0 then
+        local popped = rcall('ZPOPMIN', index, excess)
+        for i = 1, #popped, 2 do  -- member, score, member, score ...
+          if index == K_FAILED then unindex_failed(popped[i]) end
+          -- A record somebody still waits for lives a few seconds past the wait, so wait_for
+          -- can read it after its wake-up.
+          local old = K_JOB .. popped[i]
+          local watched = tonumber(rcall('HGET', old, 'notify')) or 0
+          if ending[popped[i]] then
+            -- a record of this call itself (ties in finish time): its TTL trims it
+          elseif watched < now then
+            rcall('DEL', old)
+          else
+            rcall('PEXPIRE', old, watched - now + 5000)
+          end
+        end
       end
     end
   end
-  count(status, 1)
-  if (tonumber(f[3]) or 0) >= now then rcall('PUBLISH', K_DONE, id) end
+  for _, status in ipairs(statuses) do count(status, counted[status]) end
+end
+
+local function finish(id, status, field, value, now)
+  finish_run({ { id, status, field, value } }, now)
 end
 
 -- Append one failed attempt (a JSON object) to the job's history (a JSON array).

@@ -63,6 +63,7 @@ if tonumber(ARGV[7]) > 0 then due = tonumber(ARGV[7]) end
 local delayed = due > now
 local status = 'pending'
 if delayed then status = 'delayed' end
+local now_s = int(now)  -- sent as text once (Redis formats a Lua number in every command)
 local fresh = {}
 local added = {}  -- tag id -> jobs due now (the tag index counts them)
 for i = 0, n - 1 do
@@ -70,7 +71,7 @@ for i = 0, n - 1 do
   local id = int(first + i) .. '-' .. token
   local tid = ARGV[b + 2]
   rcall('HSET', K_JOB .. id, 'type', ARGV[b], 'tag', ARGV[b + 1], 'tid', tid,
-    'payload', ARGV[b + 3], 'status', status, 'attempts', 0, 'created', now,
+    'payload', ARGV[b + 3], 'status', status, 'attempts', '0', 'created', now_s,
     'max_attempts', ARGV[3], 'backoff', ARGV[4], 'timeout', ARGV[5])
   if ARGV[11] ~= '' then rcall('HSET', K_JOB .. id, 'weight', ARGV[11]) end
   if delayed then

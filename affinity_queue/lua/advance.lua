@@ -52,44 +52,59 @@ local w = ARGV[1]
 local state = K_WS .. w
 local now = now_ms()
 if not live_lease(w, now) then return ERR_LEASE_LOST end
-local cfg = load_config()
 local take = tonumber(ARGV[2])
 local m = tonumber(ARGV[5])
 local batch_max = {}
 for i = 6, 5 + 2 * m, 2 do batch_max[ARGV[i]] = tonumber(ARGV[i + 1]) end
 local first = 6 + 2 * m
 local CANCELLED_UNRUN = '{"type":"Cancelled","message":"cancelled before it ran"}'
+local s = rcall('HMGET', state, 'active', 'ended', 'tid')
+local current = s[1]  -- the worker's active run, '' or nil when none
+-- The changes to the counts hash, written once at the end: a run that ends and the next that
+-- starts cancel out in 'active'.
+local active_delta, assigned_delta = 0, 0
+local function counted()
+  count('active', active_delta)
+  count('assigned', assigned_delta)
+end
 local ran = false  -- whether any job of the run being finished ran
 for i = first + 1, #ARGV, 5 do ran = ran or ARGV[i] ~= '' end
 if first <= #ARGV and (ran or take < 1) then
   local ids = {}
   for i = first, #ARGV, 5 do ids[#ids + 1] = ARGV[i] end
-  if rcall('HGET', state, 'active') ~= table.concat(ids, ' ') then return ERR_NOT_ACTIVE end
-  rcall('HSET', state, 'active', '')
-  count('active', -#ids)
+  if current ~= table.concat(ids, ' ') then return ERR_NOT_ACTIVE end
+  current = ''
+  active_delta = -#ids
   -- Not run: back to the front of the worker's queue, in order, as if never taken (or
   -- cancelled, if that was requested meanwhile: it never ran).
-  local unrun = 0
+  local ends = {}
+  local back, back_tids = {}, {}  -- the unrun jobs, last first (one LPUSH); per tag, how many
   for i = #ARGV - 4, first, -5 do
-    local job = K_JOB .. ARGV[i]
-    local f = rcall('HMGET', job, 'cancel', 'tid')
-    if ARGV[i + 1] == '' and f[1] == '1' then
-      finish(ARGV[i], 'cancelled', 'error', CANCELLED_UNRUN, now)
-    elseif ARGV[i + 1] == '' then
-      rcall('LPUSH', K_WQ .. w, ARGV[i])
-      backlog(f[2], 1)  -- waiting to start again
-      rcall('HSET', job, 'status', 'assigned')
-      rcall('HDEL', job, 'started')
-      rcall('HINCRBY', job, 'attempts', -1)
-      unrun = unrun + 1
+    if ARGV[i + 1] == '' then
+      local job = K_JOB .. ARGV[i]
+      local f = rcall('HMGET', job, 'cancel', 'tid', 'attempts')
+      if f[1] == '1' then
+        ends[#ends + 1] = { ARGV[i], 'cancelled', 'error', CANCELLED_UNRUN, nil, nil, f[2] }
+      else
+        back[#back + 1] = ARGV[i]
+        if f[2] then back_tids[f[2]] = (back_tids[f[2]] or 0) + 1 end
+        rcall('HSET', job, 'status', 'assigned', 'attempts', int((tonumber(f[3]) or 1) - 1))
+        rcall('HDEL', job, 'started')
+      end
     end
   end
-  count('assigned', unrun)
+  if #back > 0 then
+    rcall('LPUSH', K_WQ .. w, unpack(back))
+    for t, n in pairs(back_tids) do backlog(t, n) end  -- waiting to start again
+    assigned_delta = assigned_delta + #back
+  end
   local held = nil  -- a strict retry: it goes back to its tag after the others are recorded
   -- A job's record says when it really ran (taken with others, it started later than the call
   -- that took it), never before the end of the worker's previous job: the worker's clock and
   -- Redis's differ by a round trip, and the records must not show a tag running twice at once.
-  local last_end = tonumber(rcall('HGET', state, 'ended')) or 0
+  local last_end = tonumber(s[2]) or 0
+  -- The run's jobs came from the worker's queue, which holds jobs of the tag it is bound to.
+  local tid = s[3] ~= '' and s[3] or nil
   for i = first, #ARGV, 5 do
     local finished, outcome, data = ARGV[i], ARGV[i + 1], ARGV[i + 2]
     local job = K_JOB .. finished
@@ -102,14 +117,11 @@ if first <= #ARGV and (ran or take < 1) then
     if outcome ~= '' and outcome ~= 'completed' and rcall('HGET', job, 'cancel') == '1' then
       outcome = 'cancelled'  -- its cancellation was requested: no more attempts
     end
-    -- Retention ranks records by when they were recorded (now); the record says when it ended.
     if outcome == 'completed' then
-      finish(finished, 'completed', 'result', data, now)
-      if started then rcall('HSET', job, 'started', started, 'finished', ended) end
+      ends[#ends + 1] = { finished, 'completed', 'result', data, started, ended, tid }
     elseif outcome == 'failed' or outcome == 'cancelled' then
       add_history(finished, data)
-      finish(finished, outcome, 'error', data, now)
-      if started then rcall('HSET', job, 'started', started, 'finished', ended) end
+      ends[#ends + 1] = { finished, outcome, 'error', data, started, ended, tid }
     elseif outcome == 'retry' then
       if started then rcall('HSET', job, 'started', started) end
       add_history(finished, data)
@@ -125,24 +137,30 @@ if first <= #ARGV and (ran or take < 1) then
       end
     end
   end
-  rcall('HSET', state, 'ended', last_end)
+  if #ends > 0 then finish_run(ends, now) end
+  rcall('HSET', state, 'active', '', 'ended', last_end)
   if held then
     local queued = rcall('LRANGE', K_WQ .. w, 0, -1)
     rcall('DEL', K_WQ .. w)
-    count('assigned', -#queued)
+    assigned_delta = assigned_delta - #queued
+    counted()
     local tids = {}
     -- The queued jobs (waiting already), then the retried one in front of them.
-    local back = requeue_front(queued, tids, now, rcall('HGET', state, 'tid'))
+    local back = requeue_front(queued, tids, now, s[3])
     count('pending', back + requeue_front({ held }, tids, now, nil))
     local tid = rcall('HGET', K_JOB .. held, 'tid')
     -- GT: with concurrency > 1, a shorter retry must not shorten a longer one's hold.
     if tid then rcall('ZADD', K_HELD, 'GT', now + tonumber(ARGV[3]), tid) end
-    release(w, cfg)
+    local cfg = load_config()
+    release(w, cfg, now)
     for t in pairs(tids) do refresh_tag(t, cfg) end
     return 0
   end
 end
-if take < 1 then return 0 end
+if take < 1 then
+  counted()
+  return 0
+end
 local fields = { 'type', 'tag', 'payload', 'attempts', 'max_attempts', 'backoff', 'timeout',
   'created', 'due', 'started', 'tid' }
 local out = {}
@@ -155,24 +173,26 @@ local function append(id, f, started)
 end
 -- Still active here means a retry whose first call started this run and lost its reply (the
 -- worker only asks for a run when it has none): deliver it again rather than strand it.
-local current = rcall('HGET', state, 'active')
 if current and current ~= '' then
   for id in string.gmatch(current, '%S+') do
     local f = rcall('HMGET', K_JOB .. id, unpack(fields))
     append(id, f, f[10])
   end
+  counted()
   return out
 end
 local queue = K_WQ .. w
-local id = rcall('LPOP', queue)
-if not id then
-  release(w, cfg)
+-- Without batch types the run is the first `take` jobs: one pop. With them, the head's type
+-- says how many to take.
+local ids = rcall('LPOP', queue, m == 0 and take or 1)
+if not ids then
+  counted()
+  release(w, load_config(), now)  -- the scheduling settings matter only here
   return 0
 end
-local ids = { id }
-local head = rcall('HMGET', K_JOB .. id, unpack(fields))
+local head = rcall('HMGET', K_JOB .. ids[1], unpack(fields))
 local most = batch_max[head[1]] or take
-if most > 1 then
+if m > 0 and most > 1 then
   for _, more in ipairs(rcall('LPOP', queue, most - 1) or {}) do ids[#ids + 1] = more end
 end
 -- A batch holds jobs of its head's type only; a run of per-task jobs stops before a batch type.
@@ -189,14 +209,24 @@ for i = #ids, #rows + 1, -1 do
   rcall('LPUSH', queue, ids[i])
   ids[i] = nil
 end
+local waiting = {}  -- tag id -> jobs of it that start now (they stop waiting: TAG INDEX)
+local now_s = int(now)  -- sent as text once (Redis formats a Lua number in every command)
 for i, taken in ipairs(ids) do
-  local job, f = K_JOB .. taken, rows[i]
-  rcall('HSET', job, 'status', 'active', 'started', now, 'worker', w)
-  f[4] = rcall('HINCRBY', job, 'attempts', 1)
-  backlog(f[11], -1)
+  local f = rows[i]
+  f[4] = (tonumber(f[4]) or 0) + 1
+  rcall('HSET', K_JOB .. taken, 'status', 'active', 'started', now_s, 'worker', w,
+    'attempts', f[4])
+  if f[11] then waiting[f[11]] = (waiting[f[11]] or 0) + 1 end
   append(taken, f, now)
 end
+for _, f in ipairs(rows) do
+  if waiting[f[11]] then
+    backlog(f[11], -waiting[f[11]])
+    waiting[f[11]] = nil
+  end
+end
 rcall('HSET', state, 'active', table.concat(ids, ' '))
-count('assigned', -#ids)
-count('active', #ids)
+assigned_delta = assigned_delta - #ids
+active_delta = active_delta + #ids
+counted()
 return out

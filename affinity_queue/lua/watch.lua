@@ -14,11 +14,16 @@
            finished yet (it will publish its id on the done channel when it is).
 ]]
 local job = K_JOB .. ARGV[1]
-local status = rcall('HGET', job, 'status')
+local f = rcall('HMGET', job, 'status', 'notify')
+local status = f[1]
 if not status then return '' end
 if status == 'completed' or status == 'failed' or status == 'cancelled' then return status end
 local until_ms = now_ms() + tonumber(ARGV[2])
-if until_ms > (tonumber(rcall('HGET', job, 'notify')) or 0) then
+if until_ms > (tonumber(f[2]) or 0) then
   rcall('HSET', job, 'notify', until_ms)
+end
+-- Finishes read their jobs' notify fields only until the last watch ends (see finish_run).
+if until_ms > (tonumber(rcall('HGET', K_CONFIG, 'notify')) or 0) then
+  rcall('HSET', K_CONFIG, 'notify', until_ms)
 end
 return 0

@@ -15,6 +15,7 @@ import pytest
 from affinity_queue import AffinityQueue, JobContext
 from affinity_queue.keys import QueueKeys, lua_key_names
 from affinity_queue.lua import SCRIPT_NAMES, script_source
+from affinity_queue.lua.prelude import prune
 
 from ..support import drained, wait_for
 
@@ -83,6 +84,30 @@ def test_shared_prelude_documents_every_key_in_the_order_keys_py_passes_them() -
     defined = set(re.findall(r"local (K_\w+) =", names))
     used = {k for name in [*OPERATIONS, "_shared"] for k in re.findall(r"\bK_\w+", split(name)[1])}
     assert used <= defined, f"scripts use undefined key names: {used - defined}"
+
+
+def test_prune_keeps_what_the_operation_needs_transitively_with_its_comments() -> None:
+    prelude = (
+        "--[[ header ]]\nlocal a = 1\nlocal unused = 2\n-- b's comment\n"
+        "local function b()\n  return a  -- not c\nend\nlocal function c() return 3 end\n"
+    )
+    kept = (
+        "--[[ header ]]\nlocal a = 1\n-- b's comment\n"
+        "local function b()\n  return a  -- not c\nend\n"
+    )
+    assert prune(prelude, "--[[ calls c ]]\n-- c\nreturn b()\n") == kept
+
+
+@pytest.mark.parametrize("name", OPERATIONS)
+def test_each_script_defines_every_prelude_name_it_uses(name: str) -> None:
+    full = lua_key_names() + (LUA_DIR / "_shared.lua").read_text()
+    prelude_names = set(re.findall(r"^local (?:function )?(\w+)", full, re.M))
+    source = script_source(name)
+    code = re.sub(r"--\[\[.*?\]\]|--[^\n]*", "", source, flags=re.S)
+    used = set(re.findall(r"[A-Za-z_]\w*", code)) & prelude_names
+    defined = set(re.findall(r"^local (?:function )?(\w+)", source, re.M))
+    assert used <= defined, f"{name}: prelude names used but not defined: {used - defined}"
+    assert prelude_names - defined, f"{name}: the whole prelude was kept"
 
 
 @pytest.mark.parametrize("name", [*OPERATIONS, "_shared"])
