@@ -219,12 +219,7 @@ for i, taken in ipairs(ids) do
   if f[11] then waiting[f[11]] = (waiting[f[11]] or 0) + 1 end
   append(taken, f, now)
 end
-for _, f in ipairs(rows) do
-  if waiting[f[11]] then
-    backlog(f[11], -waiting[f[11]])
-    waiting[f[11]] = nil
-  end
-end
+for t, n in pairs(waiting) do backlog(t, -n) end
 rcall('HSET', state, 'active', table.concat(ids, ' '))
 assigned_delta = assigned_delta - #ids
 active_delta = active_delta + #ids
