@@ -112,7 +112,10 @@ class Proxy:
         assert me is not None
         self._open.add(me)
         try:
-            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+            # A cut (cancel) ends the connection as an ordinary return would: the stream server's
+            # callback would otherwise log every cut connection as an unhandled exception.
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self._open.discard(me)
             for task in pumps:

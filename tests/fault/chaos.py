@@ -44,6 +44,9 @@ AFTERMATH_S = 8.0
 """How long after a Redis or network fault a run may still be repeated because of it: a lease
 that lapsed during the fault (HEARTBEAT_TIMEOUT) is noticed by the reaper, and a client stuck on
 a half-open connection waits out its socket timeout, before the task runs again."""
+OUTCOME_WRITE_S = 1.0
+"""How long after a handler returned its outcome may still be on its way to Redis (see
+``explain_repeats``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,12 +274,16 @@ def explain_repeats(
 ) -> None:
     """Every run Redis did not accept must overlap a fault that can interrupt it: its own process
     killed or stopped, or a Redis or network fault (plus its aftermath). Counted by fault and by
-    whether the run was cut off or had finished (then only its outcome was not recorded)."""
+    whether the run was cut off or had finished (then only its outcome was not recorded).
+
+    A finished run's outcome reaches Redis with the worker's next ``advance``, a round trip after
+    the handler returned (longer under load or a network fault), so a fault that starts up to
+    OUTCOME_WRITE_S after the run's end still explains it."""
     for r in runs:
         out = outcomes.get(r.uid)
         if out is not None and (r.worker, r.attempt) == (out.worker, out.attempts):
             continue
-        until = r.end if r.end is not None else float("inf")
+        until = r.end + OUTCOME_WRITE_S if r.end is not None else float("inf")
         own = [x for x in faults if x.pid == r.pid and x.t0 <= until and r.start <= x.t1 + 1.0]
         shared = [
             x
@@ -285,7 +292,8 @@ def explain_repeats(
         ]
         why = next((x.kind for x in own + shared), None)
         if why is None:
-            f.problems.append(f"unexplained repeat: {r}")
+            near = [x for x in faults if r.start - 10 <= x.t1 and x.t0 <= until + 10]
+            f.problems.append(f"unexplained repeat: {r}; faults within 10 s: {near}")
         else:
             f.explained[f"{why} ({'cut off' if r.end is None else 'finished'})"] += 1
 
