@@ -275,3 +275,20 @@ async def test_a_requeued_dead_letter_waits_behind_a_strict_retry_holding_its_ta
     order = await redis_client.lrange(settings.keys.tag_queue("T"), 0, -1)
     assert order == [second.id, first.id]
     assert await redis_client.zscore(settings.keys._key("K_HELD"), tid) is not None
+
+
+async def test_a_run_whose_job_record_is_gone_starts_the_jobs_that_remain(engine: Engine) -> None:
+    """A job id in a worker's queue whose record is gone (deleted by hand, evicted under an
+    allkeys policy) is dropped from the run: the jobs after it start with their own fields, and
+    neither the counts nor the tag index show the lost job as waiting."""
+    await engine.elect(max_batch=5)
+    await engine.register("w1")
+    ids = await engine.add("A", 3)
+    assert await engine.dispatch() == 3
+    await engine.redis.delete(engine.keys.job(ids[1]))
+    run = await engine.scripts.advance_run("w1", [], 3)
+    assert [(j.id, j.payload) for j in run] == [(ids[0], "0"), (ids[2], "2")]
+    assert not await engine.redis.exists(engine.keys.job(ids[1]))
+    counts = await engine.redis.hgetall(engine.keys.counts)
+    assert counts.get("assigned", "0") == "0" and counts["active"] == "2", counts
+    assert await engine.redis.zscore(engine.keys.backlog, tag_id("A")) is None

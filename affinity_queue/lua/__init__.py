@@ -104,7 +104,7 @@ class RawJob:
             type_,
             tag,
             payload,
-            int(attempts),
+            int(attempts or 0),
             int(max_attempts or 1),
             int(backoff or 0),
             int(timeout or 0),

@@ -16,7 +16,8 @@
   filling the queue, so "batch full and all done" is the same event).
 
   A job whose cancellation was requested and that did not complete ends as cancelled (never
-  retried, never a dead letter).
+  retried, never a dead letter). A queued id whose record is gone (deleted by hand, evicted) is
+  dropped, not started: the run is the jobs that remain.
   A retry in strict order puts the job back at the head of its tag, with the worker's queued jobs
   of the tag behind it, holds the tag until the retry is due and releases the worker: later jobs
   of the tag cannot overtake it (it must be the last job of the run that ran). In relaxed order
@@ -168,7 +169,7 @@ local out = {}
 local function append(id, f, started)
   local from = math.max(tonumber(f[8]) or 0, tonumber(f[9]) or 0)
   out[#out + 1] = id
-  for k = 1, 7 do out[#out + 1] = f[k] end
+  for k = 1, 7 do out[#out + 1] = f[k] or false end  -- a missing field is a nil, not a hole
   out[#out + 1] = math.max(0, (tonumber(started) or from) - from)
 end
 -- Still active here means a retry whose first call started this run and lost its reply (the
@@ -184,28 +185,45 @@ end
 local queue = K_WQ .. w
 -- Without batch types the run is the first `take` jobs: one pop. With them, the head's type
 -- says how many to take.
-local ids = rcall('LPOP', queue, m == 0 and take or 1)
-if not ids then
+-- An id whose record is gone (deleted by hand, evicted under an allkeys policy) has nothing to
+-- run: it leaves the run here, and the assigned count and its tag's backlog with it (a worker's
+-- queue holds jobs of its bound tag only).
+local ids, rows = {}, {}
+local function keep(popped)
+  for _, id in ipairs(popped) do
+    local f = rcall('HMGET', K_JOB .. id, unpack(fields))
+    if f[1] then
+      ids[#ids + 1] = id
+      rows[#rows + 1] = f
+    else
+      assigned_delta = assigned_delta - 1
+      backlog(s[3], -1)
+    end
+  end
+end
+repeat  -- each pass pops at least one id, so the queue bounds the passes
+  local popped = rcall('LPOP', queue, m == 0 and take or 1)
+  if popped then keep(popped) end
+until rows[1] or not popped
+if not rows[1] then
   counted()
   release(w, load_config(), now)  -- the scheduling settings matter only here
   return 0
 end
-local head = rcall('HMGET', K_JOB .. ids[1], unpack(fields))
+local head = rows[1]
 local most = batch_max[head[1]] or take
-if m > 0 and most > 1 then
-  for _, more in ipairs(rcall('LPOP', queue, most - 1) or {}) do ids[#ids + 1] = more end
-end
+if m > 0 and most > 1 then keep(rcall('LPOP', queue, most - 1) or {}) end
 -- A batch holds jobs of its head's type only; a run of per-task jobs stops before a batch type.
 -- The jobs from the first that does not belong go back to the front, in order.
-local rows = { head }
+local n = #ids
 for i = 2, #ids do
-  local f = rcall('HMGET', K_JOB .. ids[i], unpack(fields))
-  if (batch_max[head[1]] and f[1] ~= head[1]) or (not batch_max[head[1]] and batch_max[f[1]]) then
+  local t = rows[i][1]
+  if (batch_max[head[1]] and t ~= head[1]) or (not batch_max[head[1]] and batch_max[t]) then
+    n = i - 1
     break
   end
-  rows[i] = f
 end
-for i = #ids, #rows + 1, -1 do
+for i = #ids, n + 1, -1 do
   rcall('LPUSH', queue, ids[i])
   ids[i] = nil
 end
