@@ -175,8 +175,8 @@ async def flood(url: str, flood_tasks: int, cold_tags: int, cold_each: int) -> d
     task_s = elapsed * WORKERS / (flood_during + cold_total)
     issue_bound = 2 * (cold_total * task_s / WORKERS) + task_s
     # README (Fairness): h x (B + (Q + F x B) / W) + (k - 1) x h, Q = every cold task (the worst
-    # case: all arrived before), F = the flood's batches ahead, its concurrency limit (W).
-    readme_bound = task_s * (BATCH + (cold_total + WORKERS * BATCH) / WORKERS + cold_each - 1)
+    # case: all arrived before), F = the flood's batches ahead: one (one flooded tag).
+    readme_bound = task_s * (BATCH + (cold_total + BATCH) / WORKERS + cold_each - 1)
     return {
         "workers": WORKERS,
         "max_batch_size": BATCH,

@@ -25,13 +25,15 @@ WORKERS = ("w1", "w2")
 SHARES = {"A": 1, "B": 2, "C": 3}
 
 
-async def run_batches(engine: Engine, batches: int) -> list[str]:
+async def run_batches(
+    engine: Engine, batches: int, workers: tuple[str, ...] = WORKERS
+) -> list[str]:
     """Dispatch, then let every worker run its whole queue (one batch), until ``batches`` batches
     ran; the tag of each batch, in the order they finished."""
     ran: list[str] = []
     while len(ran) < batches:
         assert await engine.dispatch() > 0, "nothing placed while every tag had work"
-        for w in WORKERS:
+        for w in workers:
             job: RawJob | None = await engine.take(w)
             if job is None:
                 continue
@@ -72,6 +74,45 @@ async def test_tags_share_the_workers_in_proportion_to_their_weights(engine: Eng
     assert_shares(ran, 0.05)
     for lo in range(0, 600, 100):
         assert_shares(ran[lo : lo + 100], 0.15)
+
+
+async def test_shares_hold_in_every_window_when_each_tag_may_use_every_worker(
+    engine: Engine,
+) -> None:
+    """Four workers, each tag allowed on all four: a tag is charged its turn when it takes a
+    worker, so free workers go round the tags instead of all to the tag at the head of the line
+    (which made a weight-1 tag's batches come in lumps of four: 20 % off in a window)."""
+    workers = ("w1", "w2", "w3", "w4")
+    weights = {tag_id(t): float(w) for t, w in SHARES.items()}
+    await engine.elect(max_batch=5, concurrency=4, weights=weights)
+    await engine.register(*workers)
+    await backlogs(engine)
+    ran = await run_batches(engine, 600, workers)
+    assert_shares(ran, 0.05)
+    for lo in range(0, 600, 100):
+        assert_shares(ran[lo : lo + 100], 0.15)
+
+
+async def test_free_workers_go_round_the_waiting_tags(engine: Engine) -> None:
+    """A tag allowed on every worker takes one of four free workers while three other tags wait,
+    although its tasks are the oldest; alone, it takes all four, each a batch of its next tasks
+    in order."""
+    workers = ("w1", "w2", "w3", "w4")
+    await engine.elect(max_batch=5, concurrency=4)
+    await engine.register(*workers)
+    flood = await engine.add("A", 40)
+    for tag in "BCD":
+        await engine.add(tag, 5)
+    assert await engine.dispatch() == 20
+    firsts = [await engine.take(w) for w in workers]
+    assert sorted(j.identify_tag for j in firsts if j) == ["A", "B", "C", "D"]
+    for w, job in zip(workers, firsts, strict=True):
+        while job is not None:
+            job = await engine.take(w, job)
+    assert await engine.dispatch() == 20
+    started = [await engine.take(w) for w in workers]
+    assert [j.identify_tag for j in started if j] == ["A"] * 4
+    assert sorted(flood.index(j.id) for j in started if j) == [5, 10, 15, 20]
 
 
 async def test_a_weight_given_to_add_counts_for_its_tasks(engine: Engine) -> None:

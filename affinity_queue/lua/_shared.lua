@@ -242,13 +242,14 @@ local function wake_scheduler_if_work()
 end
 
 -- Unbind a running worker from its tag and make it idle (its queue is empty). It remembers the
--- tag and its batch: a new binding to the same tag continues that count (see dispatch).
+-- tag and its batch: a new binding to the same tag continues that count (see dispatch). The tag
+-- takes its next turn now, unless dispatch charged it when it bound the worker.
 local function release(w, cfg, now)
   local state = K_WS .. w
-  local s = rcall('HMGET', state, 'status', 'tid', 'batch', 'rank', 'retiring')
+  local s = rcall('HMGET', state, 'status', 'tid', 'batch', 'rank', 'retiring', 'charged')
   if s[1] ~= 'running' then return end
   rcall('ZREM', K_BOUND .. s[2], w)
-  if rcall('EXISTS', K_TAG .. s[2]) == 1 then
+  if s[6] ~= '1' and rcall('EXISTS', K_TAG .. s[2]) == 1 then
     rcall('HSET', K_TURNS, s[2], next_turn(s[2], rcall('INCR', K_SEQ), tonumber(s[4]), cfg))
   end
   rcall('HSET', state, 'status', 'idle', 'tid', '', 'tag', '', 'batch', 0, 'last', s[2],

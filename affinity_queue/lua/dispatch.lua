@@ -207,8 +207,17 @@ while true do
         local tag = rcall('HGET', K_JOB .. ids[1], 'tag')
         -- Its rank now: where the tag's turn starts from when this worker gives it up.
         local rank = rcall('ZSCORE', K_READY_NEW, tid) or ''
+        -- A tag that may take another worker is charged its turn now instead of at release:
+        -- its next worker comes after the tags waiting now (weighted: after its weight's share
+        -- of them), so free workers go round the tags, not all to one tag.
+        local limit = tag_limit(tid, cfg)
+        local charged = limit > 1 and rcall('ZCARD', K_BOUND .. tid) + 1 < limit
+          and rcall('EXISTS', K_TAG .. tid) == 1
+        if charged then
+          rcall('HSET', K_TURNS, tid, next_turn(tid, rcall('INCR', K_SEQ), tonumber(rank), cfg))
+        end
         rcall('HSET', K_WS .. w, 'status', 'running', 'tid', tid, 'tag', tag, 'batch', batch,
-          'rank', rank)
+          'rank', rank, 'charged', charged and '1' or '0')
         rcall('ZADD', K_BOUND .. tid, batch, w)
       end
       for _, id in ipairs(ids) do
