@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -12,11 +13,23 @@ from pathlib import Path
 
 import redis
 
+PORTS = range(10_000, 22_768)
+"""Below Linux's ephemeral range (32768 up), and so is a cluster bus port (+10000): no test
+client's outgoing connection can take a server's port between the check and the server's bind,
+as one took a cluster node's in CI."""
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+
+def free_port(*, bus_offset: int | None = None) -> int:
+    """A loopback port that is free now, and its ``+bus_offset`` port too when given."""
+    while True:
+        port = random.choice(PORTS)
+        try:
+            for p in (port,) if bus_offset is None else (port, port + bus_offset):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return port
 
 
 class ServerProcess:

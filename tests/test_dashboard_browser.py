@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from fastapi import FastAPI
 from affinity_queue import AffinityQueue, JobFailedError
 from affinity_queue.keys import tag_id
 
+from .redis_server import free_port
 from .support import wait_for
 
 playwright_api = pytest.importorskip("playwright.async_api")
@@ -52,9 +52,7 @@ async def served(make_settings) -> AsyncIterator[tuple[str, AffinityQueue, dict[
 
     app = FastAPI(lifespan=aq.lifespan)
     app.mount("/dashboard", aq.dashboard(allow_unauthenticated=True))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve())
     await wait_for(lambda: asyncio.sleep(0, server.started), bool, what="the server to start")

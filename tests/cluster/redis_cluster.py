@@ -7,10 +7,8 @@ makes a killed master's replica take over within a few seconds.
 
 from __future__ import annotations
 
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -19,22 +17,15 @@ from pathlib import Path
 
 import redis
 
+from ..redis_server import free_port
+
 NODE_TIMEOUT_MS = 1000
 MASTERS = 3
 """Each with one replica."""
 
 
-def cluster_port() -> int:
-    """A free port whose cluster bus port (+10000) is free too; both must stay below 65536."""
-    while True:
-        port = random.randrange(20_000, 55_535)
-        try:
-            for p in (port, port + 10_000):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", p))
-        except OSError:
-            continue
-        return port
+BUS_OFFSET = 10_000
+"""Redis Cluster's bus listens on the node's port + 10000."""
 
 
 def _run(*args: str, timeout_s: float = 60) -> str:
@@ -80,6 +71,14 @@ class ClusterNode:
         ]  # fmt: skip
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
+    def answers(self) -> bool:
+        """PING answered; a process that exited (its port taken) raises with its log's end."""
+        if not self.alive():
+            log = self.dir / "redis.log"
+            tail = log.read_text()[-800:] if log.exists() else ""
+            raise RuntimeError(f"redis-server on {self.port} exited:\n{tail}")
+        return bool(self.client().ping())
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -109,11 +108,11 @@ class RedisCluster:
         for i in range(MASTERS * 2):
             node_dir = self.dir / f"n{i}"
             node_dir.mkdir()
-            node = ClusterNode(cluster_port(), node_dir)
+            node = ClusterNode(free_port(bus_offset=BUS_OFFSET), node_dir)
             node.start()
             self.nodes.append(node)
         for node in self.nodes:
-            self._wait(lambda n=node: n.client().ping(), f"node {node.port} to start")
+            self._wait(lambda n=node: n.answers(), f"node {node.port} to start")
         _run(
             "redis-cli", "--cluster", "create", *(n.address for n in self.nodes),
             "--cluster-replicas", "1", "--cluster-yes",
