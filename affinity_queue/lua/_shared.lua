@@ -235,8 +235,10 @@ local function wake_scheduler()
 end
 
 local function wake_scheduler_if_work()
+  -- The idle set first: with no idle worker (a busy fleet, producers alone) no new tag can be
+  -- placed, and one count less is read on every add.
   if rcall('ZCARD', K_READY_BOUND) > 0
-      or (rcall('ZCARD', K_READY_NEW) > 0 and rcall('ZCARD', K_IDLE) > 0) then
+      or (rcall('ZCARD', K_IDLE) > 0 and rcall('ZCARD', K_READY_NEW) > 0) then
     wake_scheduler()
   end
 end

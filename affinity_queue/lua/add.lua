@@ -85,9 +85,12 @@ end
 for tid, k in pairs(added) do backlog(tid, k) end
 if dedupe ~= '' then rcall('SET', K_DEDUPE .. dedupe, int(first) .. '-' .. token, 'PX', ARGV[9]) end
 count(status, n)
--- Only a tag whose list was empty changes readiness: elsewhere the head is unchanged.
-local cfg = load_config()
-for tid in pairs(fresh) do refresh_tag(tid, cfg) end
+-- Only a tag whose list was empty changes readiness: elsewhere the head is unchanged (and the
+-- scheduling settings, read for that alone, are not needed).
+if next(fresh) then
+  local cfg = load_config()
+  for tid in pairs(fresh) do refresh_tag(tid, cfg) end
+end
 if delayed then
   wake_scheduler()  -- to re-plan its sleep
 else
