@@ -19,16 +19,26 @@ client's outgoing connection can take a server's port between the check and the 
 as one took a cluster node's in CI."""
 
 
+_handed_out: set[int] = set()
+"""Ports already given (bus ports included): servers started together, such as a cluster's six
+nodes, bind only after all were chosen, so a bind check alone could give two of them one port."""
+
+
 def free_port(*, bus_offset: int | None = None) -> int:
-    """A loopback port that is free now, and its ``+bus_offset`` port too when given."""
+    """A loopback port that is free now and not given before, and its ``+bus_offset`` port too
+    when given."""
     while True:
         port = random.choice(PORTS)
+        wanted = (port,) if bus_offset is None else (port, port + bus_offset)
+        if _handed_out.intersection(wanted):
+            continue
         try:
-            for p in (port,) if bus_offset is None else (port, port + bus_offset):
+            for p in wanted:
                 with socket.socket() as s:
                     s.bind(("127.0.0.1", p))
         except OSError:
             continue
+        _handed_out.update(wanted)
         return port
 
 

@@ -137,7 +137,9 @@ async def test_three_nodes_failover_on_sigkill_and_sigterm(
     mon.check_batches(reached=True)
     intervals = belief_intervals(c, {victim.pid: killed_at})
     for (_, e1, n1), (s2, _, n2) in itertools.pairwise(intervals):
-        assert s2 >= e1 - 0.05, f"{n1} and {n2} both believed they led: {intervals}"
+        # Beliefs are sampled every 20 ms by each node's watcher, on two loaded event loops: a
+        # few hundred ms of skew is sampling; a real double lease would overlap by a lease.
+        assert s2 >= e1 - 0.25, f"{n1} and {n2} both believed they led: {intervals}"
     await assert_no_keys_command(server.url)
 
 

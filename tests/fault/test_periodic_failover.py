@@ -68,14 +68,15 @@ async def test_one_task_per_tick_across_two_leader_kills(
         await c.ready(n0)
         await mon.new_leader(other_than=None, limit_s=10)
         n1, n2 = c.spawn("n1"), c.spawn("n2")
-        await c.ready(n1, n2)
         await wait_for(lambda: not n0.alive, limit_s=15, what="n0 to kill itself after 4 adds")
         assert n0.proc.returncode == -signal.SIGKILL
-        # It died with its 4th tick added but not recorded (its lease still holds, so nobody
-        # has led since): the successor must find that tick due and add it again.
+        # It died with its 4th tick added but not recorded. Read at once (before waiting for the
+        # standbys), its lease still holds, so nobody has led since: the successor must find
+        # that tick due and add it again.
         unrecorded = await last_tick() + TICK_MS
         assert await client.exists(dedupe_key(unrecorded)), "the 4th add happened"
         assert (await client.hgetall(keys.leader)).get("node") == n0.node_id
+        await c.ready(n1, n2)
         second = await mon.new_leader(other_than=n0.node_id, limit_s=10)
 
         # The second leader runs a few ticks, then is SIGKILLed from outside.

@@ -34,7 +34,8 @@ async def _scheduler_and_two_workers(cluster, env):
 
 async def _victim_mid_batch(c, producer, tag: str):
     """Run a batch of ``tag`` until its second task is running; return (node, that run)."""
-    await producer.add(tag, 6, sleep_s=0.6)
+    # 1.2 s per task: the kill must land while the second task runs, under any load.
+    await producer.add(tag, 6, sleep_s=1.2)
     await producer.add("other", 4)
 
     def second_started():
@@ -63,7 +64,7 @@ async def test_sigkill_worker_mid_batch(redis_factory, cluster, producers, queue
 
     await wait_for(rerun, limit_s=15, what="the interrupted task to run again")
     recovery_s = rerun().start - killed_at
-    await producer.wait_completed(limit_s=20)
+    await producer.wait_completed(limit_s=30)
 
     runs = c.runs()
     assert rerun().attempt == 2, "the handler must see the new attempt number"
@@ -83,7 +84,8 @@ async def test_sigkill_worker_mid_batch_call(redis_factory, cluster, producers, 
     env = queue_env(server.url, queue_name, MAX_BATCH_SIZE=10, BATCH_MAX_SIZE="4")
     c = await _scheduler_and_two_workers(cluster, env)
     producer = producers(settings_of(env))
-    uids = await producer.add("bulk", 6, sleep_s=0.3, type_="work-batch")
+    # 1 s per task: the kill must land before the call's third task starts, under any load.
+    uids = await producer.add("bulk", 6, sleep_s=1.0, type_="work-batch")
 
     def into_the_batch():
         return [r for r in c.runs() if r.tag == "bulk"]
@@ -116,7 +118,7 @@ async def test_sigstop_worker_past_its_lease(redis_factory, cluster, producers, 
     stopped_at = victim.send(signal.SIGSTOP)
     batch = [uid for uid, (tag, _) in producer.expected.items() if tag == "batch"]
     # Its tasks run elsewhere while it is frozen, the paused one included.
-    await producer.wait_completed(limit_s=20, uids=batch)
+    await producer.wait_completed(limit_s=30, uids=batch)
     rerun = next(r for r in c.runs() if r.uid == paused.uid and r.pid != victim.pid)
     takeover_s = rerun.start - stopped_at
     victim.send(signal.SIGCONT)

@@ -47,6 +47,8 @@ SYNC_LAG_S = 0.1
 """A sync handler starts in its thread a little after the worker starts its clock: a timed-out
 sync execution is taken to end this much before start + TIMEOUT_S (the worker's deadline)."""
 DEADLINE_S = 120.0
+OPEN = ("pending", "delayed", "assigned", "active")
+"""The statuses of a job not yet finished (the counts hash holds one count per status)."""
 
 FAULTS = {  # fault -> (weight, attempts, final status)
     "ok": (0.81, 1, "completed"),
@@ -178,17 +180,20 @@ async def run_workload(
             ids.extend(j.id for j in await producer.add_bulk(s.as_task() for s in chunk))
             i += size
             await asyncio.sleep(0)
+        # Polled by the counts, the records read once at the end: reading 2,000 records every
+        # 0.1 s would hold this event loop, the workers' own, for long enough to time jobs out.
         deadline = time.monotonic() + DEADLINE_S
         while True:
-            async with redis.pipeline(transaction=False) as pipe:
-                for job_id in ids:
-                    pipe.hmget(keys.job(job_id), "status", "attempts", "history")
-                rows = await pipe.execute()
-            open_ = Counter(r[0] for r in rows if r[0] not in ("completed", "failed"))
+            counts = await redis.hgetall(keys.counts)
+            open_ = {s: n for s in OPEN if (n := int(counts.get(s, 0)))}
             if not open_:
                 break
             assert time.monotonic() < deadline, f"{ctx}: not finished in {DEADLINE_S} s: {open_}"
             await asyncio.sleep(0.1)
+        async with redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hmget(keys.job(job_id), "status", "attempts", "history")
+            rows = await pipe.execute()
     finally:
         for aq in nodes:
             await aq.aclose()
