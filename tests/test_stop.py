@@ -51,6 +51,10 @@ async def _now() -> float:
     return time.monotonic()
 
 
+async def _value(value: Any) -> Any:
+    return value
+
+
 async def test_aclose_stops_every_queues_intake_at_once_and_drains_them_together(
     make_settings,
 ) -> None:
@@ -149,3 +153,46 @@ async def test_a_redis_that_refuses_during_stop_leaves_nothing_running(
         await admin.config_set("maxmemory", "0")
         await admin.aclose()
         await aq.aclose()
+
+
+async def test_a_run_that_wakes_a_stopping_worker_goes_back_unstarted(
+    make_settings, redis_client: aioredis.Redis
+) -> None:
+    """The scheduler binds an idle worker that has begun to stop: the run its wake-up carries
+    goes back to the worker's queue without an attempt counted, and stop() hands it to the
+    tag, pending, for the next worker."""
+    s = make_settings(worker_count=1)
+    aq = AffinityQueue(s)
+    ran: list[Any] = []
+
+    @aq.handler("t")
+    async def handle(payload: Any) -> None:
+        ran.append(payload)
+
+    async with aq:
+        (wid,) = await wait_for(
+            lambda: _value(aq.worker().worker_ids), lambda ids: len(ids) == 1, what="registered"
+        )
+        state = s.keys.worker_state(wid)
+        # Idle, having said what it takes next: dispatch will start its run.
+        await wait_for(
+            lambda: redis_client.hget(state, "take"), bool, what="the worker waits for work"
+        )
+        aq.worker().begin_stop()
+        jobs = await aq.queue().add_bulk(task("A", i) for i in range(3))
+        queue = s.keys.worker_queue(wid)
+        await wait_for(
+            lambda: redis_client.lrange(queue, 0, -1),
+            lambda ids: ids == [j.id for j in jobs],
+            what="the carried run back in the worker's queue",
+        )
+        assert await redis_client.hget(state, "active") == ""
+        for job in jobs:
+            got = await aq.queue().get_job(job.id)
+            assert got is not None and got.attempts == 0 and got.status is JobStatus.ASSIGNED
+    assert ran == []
+    reader = AffinityQueue(s)  # never started: reads only
+    for job in jobs:
+        got = await reader.queue().get_job(job.id)
+        assert got is not None and got.status is JobStatus.PENDING and got.attempts == 0
+    await reader.aclose()

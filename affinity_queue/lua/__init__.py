@@ -9,6 +9,7 @@ never see either.
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 from dataclasses import dataclass, field
 from functools import cache, partial
@@ -81,6 +82,10 @@ def job_id(order: int, token: str) -> str:
     return f"{order}-{token}"
 
 
+RUN_ROW = 9
+"""Values per job in a run's reply (advance.lua, run_row in _shared.lua)."""
+
+
 @dataclass(frozen=True, slots=True)
 class RawJob:
     """A job as a worker receives it from ``advance``."""
@@ -110,6 +115,16 @@ class RawJob:
             int(timeout or 0),
             int(wait),
         )
+
+
+def carried_run(wake_up: str) -> list[RawJob]:
+    """The run a worker's wake-up carries: dispatch started it when it bound the worker (a JSON
+    array of advance's reply rows). A bare wake-up ('1', or 'stalled' from a heartbeat) carries
+    none: the worker asks ``advance`` for its run."""
+    if not wake_up.startswith("["):
+        return []
+    rows = json.loads(wake_up)
+    return [RawJob.from_reply(rows[i : i + RUN_ROW]) for i in range(0, len(rows), RUN_ROW)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,7 +319,7 @@ class Scripts:
         result = self._check("advance", reply, worker_id)
         if result == 0:
             return []
-        return [RawJob.from_reply(result[i : i + 9]) for i in range(0, len(result), 9)]
+        return [RawJob.from_reply(result[i : i + RUN_ROW]) for i in range(0, len(result), RUN_ROW)]
 
     async def cancel(self, token: str, job_id: str) -> str:
         return str(await self._call("cancel", token, job_id))

@@ -385,6 +385,81 @@ local function active_ids(field)
   return ids
 end
 
+-- The job fields a run's reply row is made of, in HMGET order (see run_row).
+local RUN_FIELDS = { 'type', 'tag', 'payload', 'attempts', 'max_attempts', 'backoff', 'timeout',
+  'created', 'due', 'started', 'tid' }
+
+-- Append a started job's reply row to `out`: its id, the first seven RUN_FIELDS `f`, and how
+-- long it waited (its start, `started`, less the later of its add and its due time).
+local function run_row(out, id, f, started)
+  local from = math.max(tonumber(f[8]) or 0, tonumber(f[9]) or 0)
+  out[#out + 1] = id
+  for k = 1, 7 do out[#out + 1] = f[k] or false end  -- a missing field is a nil, not a hole
+  out[#out + 1] = math.max(0, (tonumber(started) or from) - from)
+end
+
+-- Start worker `w`'s next run from the front of its queue, which holds jobs of its bound tag
+-- `tid`: up to `take` jobs, or, when the head is of a batch type (`batch_max`: type -> most
+-- jobs), up to that many of that type; a run of per-task jobs stops before a batch type, and the
+-- jobs that do not belong go back to the front in order. A queued id whose record is gone
+-- (deleted by hand, evicted under an allkeys policy) has nothing to run: it leaves the run, and
+-- its tag's backlog with it. The run becomes the worker's active run.
+-- Returns its reply rows (run_row, flattened), how many jobs started and how many ids were
+-- dropped; the caller moves started + dropped out of 'assigned' and started into 'active'.
+local function start_run(w, tid, take, batch_max, now)
+  local queue = K_WQ .. w
+  local batched = next(batch_max) ~= nil
+  local ids, rows, dropped = {}, {}, 0
+  local function keep(popped)
+    for _, id in ipairs(popped) do
+      local f = rcall('HMGET', K_JOB .. id, unpack(RUN_FIELDS))
+      if f[1] then
+        ids[#ids + 1] = id
+        rows[#rows + 1] = f
+      else
+        dropped = dropped + 1
+        backlog(tid, -1)
+      end
+    end
+  end
+  -- Without batch types the run is the first `take` jobs: one pop. With them, the head's type
+  -- says how many to take.
+  repeat  -- each pass pops at least one id, so the queue bounds the passes
+    local popped = rcall('LPOP', queue, batched and 1 or take)
+    if popped then keep(popped) end
+  until rows[1] or not popped
+  if not rows[1] then return {}, 0, dropped end
+  local head = rows[1]
+  local most = batch_max[head[1]] or take
+  if batched and most > 1 then keep(rcall('LPOP', queue, most - 1) or {}) end
+  local n = #ids
+  for i = 2, #ids do
+    local t = rows[i][1]
+    if (batch_max[head[1]] and t ~= head[1]) or (not batch_max[head[1]] and batch_max[t]) then
+      n = i - 1
+      break
+    end
+  end
+  for i = #ids, n + 1, -1 do
+    rcall('LPUSH', queue, ids[i])
+    ids[i] = nil
+  end
+  local out = {}
+  local waiting = {}  -- tag id -> jobs of it that start now (they stop waiting: TAG INDEX)
+  local now_s = int(now)  -- sent as text once (Redis formats a Lua number in every command)
+  for i, taken in ipairs(ids) do
+    local f = rows[i]
+    f[4] = (tonumber(f[4]) or 0) + 1
+    rcall('HSET', K_JOB .. taken, 'status', 'active', 'started', now_s, 'worker', w,
+      'attempts', f[4])
+    if f[11] then waiting[f[11]] = (waiting[f[11]] or 0) + 1 end
+    run_row(out, taken, f, now)
+  end
+  for t, k in pairs(waiting) do backlog(t, -k) end
+  rcall('HSET', K_WS .. w, 'active', table.concat(ids, ' '))
+  return out, #ids, dropped
+end
+
 -- Put jobs back at the front of their tags, keeping the order of `ids`; status pending again.
 -- Adds every tag touched to the set `tids`; returns how many jobs went back (an id whose job
 -- record is gone is dropped). A job whose cancellation was requested while it ran ends

@@ -13,7 +13,9 @@
   (their attempt is not counted), and come back in its next run.
 
   The tag is released when the worker's queue is drained (with a full batch the scheduler stops
-  filling the queue, so "batch full and all done" is the same event).
+  filling the queue, so "batch full and all done" is the same event). The worker then goes idle
+  and leaves `take` and its batch types in its state: dispatch, when it binds the worker next,
+  starts that run itself and sends it with the wake-up.
 
   A job whose cancellation was requested and that did not complete ends as cancelled (never
   retried, never a dead letter). A queued id whose record is gone (deleted by hand, evicted) is
@@ -40,7 +42,8 @@
   ERR_NOT_ACTIVE, and the caller then asks again without finishing), and a worker that already
   has an active run gets that run again instead of a new one. A call that ran none of its run and
   takes again changes nothing and gets the same run back (sent back and taken again, it would be
-  the same run, and a repeat could not tell it had been recorded).
+  the same run, and a repeat could not tell it had been recorded). A run that dispatch started
+  is delivered the same way when its wake-up was lost.
 
   Returns: {id, type, identify_tag, payload, attempts, max_attempts, backoff ms, timeout ms,
            wait ms (from its add, or the end of its delay, to this start)} per job of the run
@@ -60,6 +63,13 @@ for i = 6, 5 + 2 * m, 2 do batch_max[ARGV[i]] = tonumber(ARGV[i + 1]) end
 local first = 6 + 2 * m
 local CANCELLED_UNRUN = '{"type":"Cancelled","message":"cancelled before it ran"}'
 local s = rcall('HMGET', state, 'active', 'ended', 'tid')
+-- The worker goes idle: what it takes next, for dispatch to start its next run when it binds
+-- it (the run then comes with the worker's wake-up, without a call of this script).
+local function idle()
+  if take > 0 then
+    rcall('HSET', state, 'take', take, 'batches', m > 0 and cjson.encode(batch_max) or '')
+  end
+end
 local current = s[1]  -- the worker's active run, '' or nil when none
 -- The changes to the counts hash, written once at the end: a run that ends and the next that
 -- starts cancel out in 'active'.
@@ -153,6 +163,7 @@ if first <= #ARGV and (ran or take < 1) then
     -- GT: with concurrency > 1, a shorter retry must not shorten a longer one's hold.
     if tid then rcall('ZADD', K_HELD, 'GT', now + tonumber(ARGV[3]), tid) end
     local cfg = load_config()
+    idle()
     release(w, cfg, now)
     for t in pairs(tids) do refresh_tag(t, cfg) end
     return 0
@@ -162,84 +173,27 @@ if take < 1 then
   counted()
   return 0
 end
-local fields = { 'type', 'tag', 'payload', 'attempts', 'max_attempts', 'backoff', 'timeout',
-  'created', 'due', 'started', 'tid' }
-local out = {}
--- A started job's reply row: its fields, and how long it waited (start - max(add, due)).
-local function append(id, f, started)
-  local from = math.max(tonumber(f[8]) or 0, tonumber(f[9]) or 0)
-  out[#out + 1] = id
-  for k = 1, 7 do out[#out + 1] = f[k] or false end  -- a missing field is a nil, not a hole
-  out[#out + 1] = math.max(0, (tonumber(started) or from) - from)
-end
 -- Still active here means a retry whose first call started this run and lost its reply (the
--- worker only asks for a run when it has none): deliver it again rather than strand it.
+-- worker only asks for a run when it has none), or a run that dispatch started and whose wake-up
+-- the worker has not read: deliver it again rather than strand it, and drop that wake-up, which
+-- would deliver it a second time.
 if current and current ~= '' then
+  local out = {}
   for id in string.gmatch(current, '%S+') do
-    local f = rcall('HMGET', K_JOB .. id, unpack(fields))
-    append(id, f, f[10])
+    local f = rcall('HMGET', K_JOB .. id, unpack(RUN_FIELDS))
+    run_row(out, id, f, f[10])
   end
+  rcall('DEL', K_WAKEW .. w)
   counted()
   return out
 end
-local queue = K_WQ .. w
--- Without batch types the run is the first `take` jobs: one pop. With them, the head's type
--- says how many to take.
--- An id whose record is gone (deleted by hand, evicted under an allkeys policy) has nothing to
--- run: it leaves the run here, and the assigned count and its tag's backlog with it (a worker's
--- queue holds jobs of its bound tag only).
-local ids, rows = {}, {}
-local function keep(popped)
-  for _, id in ipairs(popped) do
-    local f = rcall('HMGET', K_JOB .. id, unpack(fields))
-    if f[1] then
-      ids[#ids + 1] = id
-      rows[#rows + 1] = f
-    else
-      assigned_delta = assigned_delta - 1
-      backlog(s[3], -1)
-    end
-  end
-end
-repeat  -- each pass pops at least one id, so the queue bounds the passes
-  local popped = rcall('LPOP', queue, m == 0 and take or 1)
-  if popped then keep(popped) end
-until rows[1] or not popped
-if not rows[1] then
-  counted()
+local out, started, dropped = start_run(w, s[3], take, batch_max, now)
+assigned_delta = assigned_delta - started - dropped
+active_delta = active_delta + started
+counted()
+if started == 0 then
+  idle()
   release(w, load_config(), now)  -- the scheduling settings matter only here
   return 0
 end
-local head = rows[1]
-local most = batch_max[head[1]] or take
-if m > 0 and most > 1 then keep(rcall('LPOP', queue, most - 1) or {}) end
--- A batch holds jobs of its head's type only; a run of per-task jobs stops before a batch type.
--- The jobs from the first that does not belong go back to the front, in order.
-local n = #ids
-for i = 2, #ids do
-  local t = rows[i][1]
-  if (batch_max[head[1]] and t ~= head[1]) or (not batch_max[head[1]] and batch_max[t]) then
-    n = i - 1
-    break
-  end
-end
-for i = #ids, n + 1, -1 do
-  rcall('LPUSH', queue, ids[i])
-  ids[i] = nil
-end
-local waiting = {}  -- tag id -> jobs of it that start now (they stop waiting: TAG INDEX)
-local now_s = int(now)  -- sent as text once (Redis formats a Lua number in every command)
-for i, taken in ipairs(ids) do
-  local f = rows[i]
-  f[4] = (tonumber(f[4]) or 0) + 1
-  rcall('HSET', K_JOB .. taken, 'status', 'active', 'started', now_s, 'worker', w,
-    'attempts', f[4])
-  if f[11] then waiting[f[11]] = (waiting[f[11]] or 0) + 1 end
-  append(taken, f, now)
-end
-for t, n in pairs(waiting) do backlog(t, -n) end
-rcall('HSET', state, 'active', table.concat(ids, ' '))
-assigned_delta = assigned_delta - #ids
-active_delta = active_delta + #ids
-counted()
 return out

@@ -14,6 +14,11 @@
   tag, or this worker takes the next ready tag); only when none is does it start a new batch.
   Idle workers whose lease expired are never bound: they wait for the reaper.
 
+  Binding an idle worker starts its first run here (start_run, as advance would: the take and
+  batch types its last advance left in its state), and its wake-up carries that run, so the
+  worker starts without a call of advance. Lost in transit, the run is still the worker's active
+  run: its next advance delivers it again (and drops the wake-up).
+
   Safe to repeat: fenced by the leader's number, and every step moves jobs forward from a state
   it reads; a repeat places what is left.
 
@@ -227,8 +232,23 @@ while true do
       rcall('ZINCRBY', K_BOUND .. tid, #ids, w)
       rcall('HINCRBY', K_WS .. w, 'batch', #ids)
       rcall('HINCRBY', K_COUNTS, 'pending', -#ids)
-      rcall('HINCRBY', K_COUNTS, 'assigned', #ids)
-      if bind then rcall('RPUSH', K_WAKEW .. w, '1') end
+      local assigned = #ids
+      if bind then
+        -- The worker waits for this wake-up; the run it would ask for comes with it (one call
+        -- of advance fewer per binding). A worker that never said what it takes gets a bare
+        -- wake-up and asks.
+        local wake = '1'
+        local t = rcall('HMGET', K_WS .. w, 'take', 'batches')
+        if tonumber(t[1]) then
+          local batches = (t[2] and t[2] ~= '') and cjson.decode(t[2]) or {}
+          local rows, started, dropped = start_run(w, tid, tonumber(t[1]), batches, now)
+          assigned = assigned - started - dropped
+          count('active', started)
+          if started > 0 then wake = cjson.encode(rows) end
+        end
+        rcall('RPUSH', K_WAKEW .. w, wake)
+      end
+      count('assigned', assigned)
       placed = placed + #ids
     elseif bind then
       rcall('ZADD', K_IDLE, now, w)

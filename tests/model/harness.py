@@ -28,7 +28,7 @@ from redis.exceptions import ResponseError
 from affinity_queue import LeaseLostError, NotLeaderError, QueueSettings, TagBacklogFullError
 from affinity_queue.errors import JobNotActiveError
 from affinity_queue.keys import tag_id
-from affinity_queue.lua import AddOptions, RawJob, Scripts, TermConfig, new_token
+from affinity_queue.lua import AddOptions, RawJob, Scripts, TermConfig, carried_run, new_token
 
 from ..engine import redis_ms
 from ..support import queue_keys
@@ -444,11 +444,45 @@ class Harness:
         most = sizes.get("t", take)
         if len(started) > max(most, 1, 0 if ran else len(run)):
             self.fail(f"advance started {len(started)} jobs, asked for {take} (batch {sizes})")
-        for taken in started:
+        self.started(w, started)
+
+    def started(self, w: MWorker, run: list[RawJob]) -> None:
+        for taken in run:
             self.broken += self.model.start(w, taken.id)
             mj = self.model.jobs.get(taken.id)
             if mj is not None and taken.attempts != mj.attempts:
                 self.fail(f"{mj.id} started as attempt {taken.attempts}, its {mj.attempts}th")
+
+    async def deliver_wake_ups(self) -> None:
+        """Each worker reads its wake-ups after each step, as its idle wait does: dispatch
+        started the run of a worker it bound, and the wake-up carries it. One in five is lost in
+        transit: the worker's idle check then finds the run active, and advance delivers it
+        again. Runs are recorded in the order dispatch started them (by their first job's order
+        number: a tag's jobs leave its list oldest first), whichever worker reads first."""
+        runs: list[tuple[MWorker, list[RawJob]]] = []
+        for w in list(self.model.workers.values()):
+            key = self.settings.keys.worker_wake(w.id)
+            while (wake_up := await self.redis.lpop(key)) is not None:
+                run = carried_run(wake_up)
+                if run and not w.leaving and self.rng.random() < 0.2:
+                    try:
+                        again = await self.scripts.advance_run(w.id, [], 1)
+                    except LeaseLostError:
+                        self.lease_lost(w, "advance")
+                        break
+                    if [j.id for j in again] != [j.id for j in run]:
+                        self.fail(f"{w.id} lost the wake-up of {run}; advance gave {again}")
+                    run = again
+                if run:
+                    runs.append((w, run))
+        for wid in self.dead:  # bound while its lease lasted: the run counts as started
+            while wake_up := await self.redis.lpop(self.settings.keys.worker_wake(wid)):
+                if run := carried_run(wake_up):
+                    runs.append((MWorker(wid, leaving=True), run))
+        for w, run in sorted(runs, key=lambda r: int(r[1][0].id.partition("-")[0])):
+            self.started(w, run)
+            if w.leaving:  # it never runs it: its deregister, or the reaper, hands it back
+                self.model.interrupt(w)
 
     async def op_retire(self) -> None:
         w = self.pick_worker()
@@ -559,6 +593,7 @@ class Harness:
         self.ops[name] += 1
         self.trace.append(name)
         await getattr(self, f"op_{name}")()
+        await self.deliver_wake_ups()  # a dispatch (this step's, or a late retry's) bound them
         self.broken += self.faults.problems
         self.faults.problems.clear()
         self.state = await self.read()
@@ -610,7 +645,11 @@ class Harness:
         while True:  # unchecked rounds (a flood takes hundreds): the end state is checked
             while (await self.scripts.reap(self.fence, 1000))[2]:
                 pass
+            # A reaped run's job whose cancellation was requested ended cancelled: learn it
+            # before anything of its tag starts.
+            self.model.settle(await self.read())
             await self.scripts.dispatch(self.fence, 1000)
+            await self.deliver_wake_ups()
             for w in list(self.model.workers.values()):
                 await self.complete(w)
             if await self.drained():
