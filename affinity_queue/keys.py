@@ -117,7 +117,8 @@ def lua_key_names() -> str:
     lines = [f"local {lua} = KEYS[1] .. '{suffix}'  -- {doc}" for lua, suffix, doc in QUEUE_KEYS]
     lines += [
         "local K_WQ = KEYS[2]  -- per worker id: list of its assigned job ids, in order",
-        "local K_WS = KEYS[3]  -- per worker id: hash status tid tag batch active take host pid",
+        "local K_WS = KEYS[3]  -- per worker id: hash status tid tag batch active take batches"
+        " host pid",
         f"local K_WAKEW = KEYS[3] .. '{WAKE_SUFFIX}'  -- per worker id: list, its wake-ups"
         " ('1', or the run dispatch started: JSON)",
     ]

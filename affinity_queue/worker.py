@@ -479,7 +479,7 @@ class WorkerService(QueueRuntime):
         await cancel_and_wait([self._slots[slot] for slot in idle], logger=self._log)
         left = self._ids(idle)
         await asyncio.gather(
-            self._each("deregister", self._deregister, left),
+            self._each("deregister", partial(self._deregister, unstarted=True), left),
             self._each("hand back queued jobs of", self._retire, self._ids(busy)),
         )
         if busy:
@@ -566,12 +566,13 @@ class WorkerService(QueueRuntime):
         while not (await self._scripts.retire(wid, HAND_BACK_BUDGET))[1]:
             pass
 
-    async def _deregister(self, wid: str) -> None:
+    async def _deregister(self, wid: str, unstarted: bool = False) -> None:
         """Hand every job of the worker back, one slice per call, until it is gone; the jobs
-        handed back are logged (the first few by id)."""
+        handed back are logged (the first few by id). ``unstarted``: the worker was idle, so
+        no job of a run that dispatch sent with its wake-up has started."""
         total, gone, named = 0, False, list[str]()
         while not gone:
-            n, gone, ids = await self._scripts.deregister(wid, HAND_BACK_BUDGET)
+            n, gone, ids = await self._scripts.deregister(wid, HAND_BACK_BUDGET, unstarted)
             total += n
             named += ids[: NAMED_IDS - len(named)]
         if total:

@@ -366,10 +366,14 @@ class Scripts:
             cancel += flagged
         return lost, cancel
 
-    async def deregister(self, worker_id: str, budget: int) -> tuple[int, bool, list[str]]:
+    async def deregister(
+        self, worker_id: str, budget: int, unstarted: bool = False
+    ) -> tuple[int, bool, list[str]]:
         """Hands back up to ``budget`` jobs; returns (jobs handed back, worker gone, the ids of
-        the first ten)."""
-        n, gone, ids = await self._call("deregister", worker_id, budget, worker_id=worker_id)
+        the first ten). ``unstarted``: no job of its active run has started (its attempt is
+        taken back)."""
+        flag = "1" if unstarted else ""
+        n, gone, ids = await self._call("deregister", worker_id, budget, flag, worker_id=worker_id)
         return int(n), bool(gone), list(ids)
 
     async def retire(self, worker_id: str, budget: int) -> tuple[int, bool]:

@@ -513,9 +513,12 @@ end
 -- original order (its queued jobs from the tail, its active run last, so it lands in front), and
 -- once all are back delete every trace of the worker. Used for graceful stops and for dead
 -- workers; a worker with a long queue takes several calls, and stays unplaceable in between.
+-- `unstarted`: the caller knows that no job of the active run has started (a stopping process
+-- whose worker was idle: a run dispatch sent it with a wake-up it never acted on): those jobs
+-- go back with their attempt taken back, as advance sends back jobs it did not run.
 -- Returns the number of jobs handled, whether the worker is gone, and the ids of the first
 -- NAMED_IDS of them (its active run first).
-local function hand_back(w, cfg, budget)
+local function hand_back(w, cfg, budget, unstarted)
   local now = now_ms()
   local tids = {}
   local n, empty, slice = unqueue(w, cfg, budget, tids, now)
@@ -527,6 +530,14 @@ local function hand_back(w, cfg, budget)
     local active = active_ids(s[1])
     if #active > 0 then
       count('active', -#active)
+      if unstarted then
+        for _, id in ipairs(active) do
+          local job = K_JOB .. id
+          local a = tonumber(rcall('HGET', job, 'attempts'))
+          if a and a > 0 then rcall('HSET', job, 'attempts', int(a - 1)) end
+          rcall('HDEL', job, 'started')
+        end
+      end
       count('pending', requeue_front(active, tids, now, nil))
       n = n + #active
       for i = 1, math.min(#active, NAMED_IDS) do named[i] = active[i] end

@@ -57,6 +57,10 @@ local state = K_WS .. w
 local now = now_ms()
 if not live_lease(w, now) then return ERR_LEASE_LOST end
 local take = tonumber(ARGV[2])
+-- A worker that calls advance is not waiting for a wake-up, and this call sees whatever one
+-- would announce (a carried run is its active run): any left is stale. After a failover that
+-- lost the pop of a carried run, the run would otherwise be delivered again once finished.
+rcall('DEL', K_WAKEW .. w)
 local m = tonumber(ARGV[5])
 local batch_max = {}
 for i = 6, 5 + 2 * m, 2 do batch_max[ARGV[i]] = tonumber(ARGV[i + 1]) end
@@ -175,15 +179,13 @@ if take < 1 then
 end
 -- Still active here means a retry whose first call started this run and lost its reply (the
 -- worker only asks for a run when it has none), or a run that dispatch started and whose wake-up
--- the worker has not read: deliver it again rather than strand it, and drop that wake-up, which
--- would deliver it a second time.
+-- the worker has not read (dropped above): deliver it again rather than strand it.
 if current and current ~= '' then
   local out = {}
   for id in string.gmatch(current, '%S+') do
     local f = rcall('HMGET', K_JOB .. id, unpack(RUN_FIELDS))
     run_row(out, id, f, f[10])
   end
-  rcall('DEL', K_WAKEW .. w)
   counted()
   return out
 end

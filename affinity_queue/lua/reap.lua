@@ -27,7 +27,7 @@ local cfg = load_config()
 local workers, jobs, named = 0, 0, {}
 for _, w in ipairs(dead) do
   if jobs >= budget then break end
-  local n, gone, ids = hand_back(w, cfg, budget - jobs)
+  local n, gone, ids = hand_back(w, cfg, budget - jobs, false)
   jobs = jobs + n
   if gone then workers = workers + 1 end
   for i = 1, math.min(#ids, NAMED_IDS - #named) do named[#named + 1] = ids[i] end

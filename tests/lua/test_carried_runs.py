@@ -109,3 +109,34 @@ async def test_an_unrun_carried_run_goes_back_unstarted(engine: Engine) -> None:
     assert await engine.queued("W") == ids
     assert {(await engine.job(i))["attempts"] for i in ids} == {"0"}
     assert await counts(engine) == {"pending": 0, "assigned": 3, "active": 0}
+
+
+async def test_a_stopping_idle_worker_hands_a_carried_run_back_with_no_attempt(
+    engine: Engine,
+) -> None:
+    """stop() deregisters an idle worker with `unstarted`: the run dispatch sent it never ran."""
+    ids = await bound(engine, 3)
+    assert (await engine.scripts.deregister("W", 500, unstarted=True))[1]
+    jobs = [await engine.job(i) for i in ids]
+    assert [(j["status"], j["attempts"]) for j in jobs] == [("pending", "0")] * 3
+    assert "started" not in jobs[0]
+    assert await counts(engine) == {"pending": 3, "assigned": 0, "active": 0}
+
+
+async def test_a_run_handed_back_without_unstarted_counts_its_attempt(engine: Engine) -> None:
+    """A worker that may have run it (its process died, a bug stopped it) keeps the attempt."""
+    ids = await bound(engine, 3)
+    assert (await engine.scripts.deregister("W", 500))[1]
+    assert [(await engine.job(i))["attempts"] for i in ids] == ["1"] * 3
+
+
+async def test_advance_drops_a_stale_wake_up(engine: Engine) -> None:
+    """A failover that loses the pop of a carried run leaves it in the list after the worker
+    ran it: the worker's finishing advance drops it, so it is not delivered a second time."""
+    ids = await bound(engine, 2)
+    (wake_up,) = await wake_ups(engine)
+    run = carried_run(wake_up)  # read, and the pop lost: the entry is still there
+    done = [(job.id, "completed", "null") for job in run]
+    assert await engine.scripts.advance_run("W", done, 20) == []
+    assert await wake_ups(engine) == []
+    assert {(await engine.job(i))["status"] for i in ids} == {"completed"}
