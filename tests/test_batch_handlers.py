@@ -22,6 +22,7 @@ from affinity_queue import (
 )
 from affinity_queue.errors import JobNotActiveError
 from affinity_queue.lua import Scripts
+from affinity_queue.worker import PREFETCH, PREFETCH_MAX, next_take
 
 from .engine import Engine
 from .lifecycle.support import all_settled, eventually, job_reaches, task
@@ -230,6 +231,34 @@ async def test_quick_per_task_jobs_share_advance_calls(
     for before, after in itertools.pairwise(done):
         assert before.started_at and before.finished_at and after.started_at
         assert before.started_at <= before.finished_at <= after.started_at, (before, after)
+
+
+def test_a_quick_worker_takes_what_its_pace_fits_in_the_quick_run_time() -> None:
+    assert next_take(20, 0.001) == PREFETCH_MAX  # 50 us a job: 100 fit in QUICK_RUN_S
+    assert next_take(20, 0.002) == 50
+    assert next_take(5, 0.004) == PREFETCH  # 0.8 ms a job: never fewer than PREFETCH
+    assert next_take(1, 0.0) == PREFETCH_MAX
+
+
+async def test_jobs_of_a_millisecond_are_taken_twenty_at_a_time(
+    make_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only jobs quicker than QUICK_RUN_S / PREFETCH are taken more than PREFETCH at once."""
+    aq = AffinityQueue(make_settings(max_batch_size=1000))
+    advances = count_advances(monkeypatch)
+    ran: list[int] = []
+
+    @aq.handler("t")
+    async def handle(payload: int) -> None:
+        await asyncio.sleep(0.001)
+        ran.append(payload)
+
+    q = aq.queue()
+    jobs = await q.add_bulk([task("T", i) for i in range(100)])
+    async with aq:
+        await all_settled(q, [j.id for j in jobs])
+    assert ran == list(range(100))
+    assert max(advances) <= PREFETCH, advances
 
 
 async def test_bad_batch_declarations_are_refused(make_settings: Settings) -> None:
