@@ -69,8 +69,8 @@ PREFETCH_MAX = 100
 """The most it takes: as many as its last run's pace fits in QUICK_RUN_S, when that is more than
 PREFETCH (a hot tag of quick handlers costs one round trip per 100 tasks)."""
 QUICK_RUN_S = 0.005
-"""A run this short (each job's, handler included) lets the worker's next take be PREFETCH
-jobs; a longer one, a failure or a new worker takes one job at a time."""
+"""A run this short (each job's, handler included) lets the worker's next take be PREFETCH jobs
+or more (next_take); a longer one, a failure or a new worker takes one job at a time."""
 
 
 async def _call_hook(hook: Callable[..., Any], *args: Any) -> Any:
