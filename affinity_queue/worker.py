@@ -7,6 +7,7 @@ import contextlib
 import inspect
 import json
 import logging
+import math
 import os
 import random
 import secrets
@@ -278,6 +279,7 @@ class WorkerService(QueueRuntime):
         self._epoch = ""
         self._running: dict[str, _Run] = {}  # by worker id: handlers whose code still runs
         self._lost: set[str] = set()  # worker ids whose lease the heartbeat found gone
+        self._renewed: dict[str, float] = {}  # worker id -> when its lease was last renewed
         self._bindings: dict[int, _Binding] = {}  # by slot: the tag it holds
         self._startup: list[Callable[[], Any]] = []
         self._shutdown: list[Callable[[], Any]] = []
@@ -631,6 +633,7 @@ class WorkerService(QueueRuntime):
                 if not self._stopping:
                     self._worker_ids.pop(slot, None)
                     self._lost.discard(wid)
+                    self._renewed.pop(wid, None)
 
     async def _register(self, slot: int) -> str:
         """Register a fresh worker id; a changed epoch means Redis lost the queue's data."""
@@ -643,11 +646,13 @@ class WorkerService(QueueRuntime):
             os.getpid(),
             secrets.token_hex(8),
         )
+        sent = time.monotonic()
         epoch = await self._net.retry(register, what=f"worker {wid}: register")
         if self._epoch and epoch != self._epoch:
             self._log.error("%s", DataLostError(self.name))
         self._epoch = epoch
         self._worker_ids[slot] = wid
+        self._renewed[wid] = sent
         return wid
 
     async def _work(self, slot: int, wid: str) -> None:
@@ -702,6 +707,7 @@ class WorkerService(QueueRuntime):
         binding = self._bindings.get(slot)
         tag_state = binding.state if binding else {}
         handler = self._handlers.get(run[0].type)
+        await self._confirm_lease(wid)
         began = first = time.perf_counter()
         quick = False
         if handler is not None and handler.max_size and refused is None:
@@ -716,8 +722,8 @@ class WorkerService(QueueRuntime):
         else:
             outcomes = []
             for job in run:
-                if outcomes and (self._stopping or wid in self._lost):
-                    break
+                if outcomes and (self._stopping or not self._lease_sure(wid)):
+                    break  # advance hands the rest back (or finds the lease gone)
                 if self.metrics is not None:
                     self.metrics.started(job.type, job.wait_ms)
                 outcome = await self._execute(wid, job, tag_state, refused)
@@ -1121,6 +1127,41 @@ class WorkerService(QueueRuntime):
         )
         return _Outcome("failed", error)
 
+    async def _renew(self, ids: list[str]) -> list[str]:
+        """Renew the leases of ``ids``; the lost ones join ``_lost``. Returns the ids of active
+        jobs whose cancellation was requested."""
+        sent = time.monotonic()  # the lease runs at least HEARTBEAT_TIMEOUT from here
+        beat = partial(
+            self._scripts.heartbeat, self._epoch, self.settings.heartbeat_timeout_ms, ids
+        )
+        try:
+            lost, cancel = await self._net.retry(beat, what="heartbeat")
+        except DataLostError:
+            lost, cancel = ids, []  # they re-register; the first to do so reports the loss
+        self._lost.update(lost)
+        for wid in ids:
+            if wid in self._renewed and wid not in self._lost:  # not re-registered meanwhile
+                self._renewed[wid] = sent
+        return cancel
+
+    def _lease_sure(self, wid: str) -> bool:
+        """Whether the lease surely has a heartbeat interval left, as the local clock tells."""
+        s = self.settings
+        left_s = (s.heartbeat_timeout_ms - s.heartbeat_interval_ms) / 1000
+        age_s = time.monotonic() - self._renewed.get(wid, -math.inf)
+        return age_s < left_s and wid not in self._lost
+
+    async def _confirm_lease(self, wid: str) -> None:
+        """Before a run starts, renew a lease that may have lapsed since the run was handed out.
+        The run may have waited in a socket while the process was frozen or cut off from Redis
+        (a wake-up read late, a reply read late): past its lease, the leader has handed its
+        jobs back and they may be running elsewhere already. Free while heartbeats keep up."""
+        if self._lease_sure(wid):
+            return
+        await self._renew([wid])
+        if wid in self._lost:
+            raise LeaseLostError(wid)
+
     async def _heartbeats(self) -> None:
         interval_s = self.settings.heartbeat_interval_ms / 1000
         while True:
@@ -1128,14 +1169,7 @@ class WorkerService(QueueRuntime):
             ids = list(self._worker_ids.values())
             if not ids:
                 continue
-            beat = partial(
-                self._scripts.heartbeat, self._epoch, self.settings.heartbeat_timeout_ms, ids
-            )
-            try:
-                lost, cancel = await self._net.retry(beat, what="heartbeat")
-            except DataLostError:
-                lost, cancel = ids, []  # they re-register; the first to do so reports the loss
-            self._lost.update(lost)
+            cancel = await self._renew(ids)
             for run in self._running.values():
                 for ctx in run.contexts:
                     # A job of a lost worker runs again elsewhere: let its handler know.

@@ -154,6 +154,55 @@ async def test_sigstop_worker_past_its_lease(redis_factory, cluster, producers, 
     await assert_no_keys_command(server.url)
 
 
+async def test_a_wake_up_read_after_the_lease_lapsed_starts_nothing(
+    redis_factory, cluster, producers, queue_name
+) -> None:
+    """An idle worker frozen with its wait pending: the scheduler binds it and starts its run
+    (the wake-up carries it), the reply waits in the frozen process's socket, the lease lapses
+    and the leader takes the job back. Resumed, the worker must not run what the wake-up
+    carried: the job runs once, as its second attempt, and no run of it overlaps another."""
+    server = redis_factory()
+    env = queue_env(server.url, queue_name, WORKER_COUNT=1)
+    c = cluster(env)
+    c.spawn("sched", role="SCHEDULER")
+    victim = c.spawn("w1", role="WORKER")
+    await c.ready()
+    producer = producers(settings_of(env))
+    queue = producer.aq.queue()
+
+    async def idle() -> bool:
+        return [w.status for w in (await queue.get_queue_stats()).workers] == ["idle"]
+
+    await wait_for(idle, limit_s=10, what="the worker to wait")
+    victim.send(signal.SIGSTOP)
+    try:
+        [uid] = await producer.add("late", 1)
+        job_id = producer.job_ids[uid]
+
+        async def status() -> tuple[str, int] | None:
+            job = await queue.get_job(job_id)
+            return None if job is None else (job.status, job.attempts)
+
+        await wait_for(
+            lambda: _is(status, ("active", 1)), limit_s=5, what="the carried run to start"
+        )
+        await wait_for(
+            lambda: _is(status, ("pending", 1)), limit_s=15, what="the leader to take it back"
+        )
+    finally:
+        victim.send(signal.SIGCONT)
+    await wait_for(
+        lambda: "lost its lease" in victim.stderr(), limit_s=10, what="the worker to learn"
+    )
+    await producer.wait_completed(limit_s=20)
+    runs = [(r.attempt, r.pid) for r in c.runs() if r.uid == uid]
+    assert runs == [(2, victim.pid)], f"the carried run started after its lease lapsed: {runs}"
+
+
+async def _is(read, expected) -> bool:
+    return await read() == expected
+
+
 async def test_slow_live_worker_is_never_raided(redis_factory, cluster, producers, queue_name):
     """A task that runs longer than HEARTBEAT_TIMEOUT keeps its worker: the lease is renewed
     while the handler runs, so the idle worker next to it never gets the task."""
