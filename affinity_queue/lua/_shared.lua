@@ -404,7 +404,7 @@ end
 -- jobs that do not belong go back to the front in order. A queued id whose record is gone
 -- (deleted by hand, evicted under an allkeys policy) has nothing to run: it leaves the run, and
 -- its tag's backlog with it. The run becomes the worker's active run.
--- Returns its reply rows (run_row, flattened), how many jobs started and how many ids were
+-- Returns its reply rows (run_row, flattened), the ids that started and how many ids were
 -- dropped; the caller moves started + dropped out of 'assigned' and started into 'active'.
 local function start_run(w, tid, take, batch_max, now)
   local queue = K_WQ .. w
@@ -428,7 +428,7 @@ local function start_run(w, tid, take, batch_max, now)
     local popped = rcall('LPOP', queue, batched and 1 or take)
     if popped then keep(popped) end
   until rows[1] or not popped
-  if not rows[1] then return {}, 0, dropped end
+  if not rows[1] then return {}, {}, dropped end
   local head = rows[1]
   local most = batch_max[head[1]] or take
   if batched and most > 1 then keep(rcall('LPOP', queue, most - 1) or {}) end
@@ -457,7 +457,7 @@ local function start_run(w, tid, take, batch_max, now)
   end
   for t, k in pairs(waiting) do backlog(t, -k) end
   rcall('HSET', K_WS .. w, 'active', table.concat(ids, ' '))
-  return out, #ids, dropped
+  return out, ids, dropped
 end
 
 -- Put jobs back at the front of their tags, keeping the order of `ids`; status pending again.

@@ -189,7 +189,8 @@ if current and current ~= '' then
   counted()
   return out
 end
-local out, started, dropped = start_run(w, s[3], take, batch_max, now)
+local out, run, dropped = start_run(w, s[3], take, batch_max, now)
+local started = #run
 assigned_delta = assigned_delta - started - dropped
 active_delta = active_delta + started
 counted()

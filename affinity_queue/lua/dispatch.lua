@@ -225,14 +225,12 @@ while true do
           'rank', rank, 'charged', charged and '1' or '0')
         rcall('ZADD', K_BOUND .. tid, batch, w)
       end
-      for _, id in ipairs(ids) do
-        rcall('HSET', K_JOB .. id, 'status', 'assigned', 'worker', w)
-      end
       rcall('RPUSH', K_WQ .. w, unpack(ids))
       rcall('ZINCRBY', K_BOUND .. tid, #ids, w)
       rcall('HINCRBY', K_WS .. w, 'batch', #ids)
       rcall('HINCRBY', K_COUNTS, 'pending', -#ids)
       local assigned = #ids
+      local started = {}  -- ids of the run started here for the worker just bound
       if bind then
         -- The worker waits for this wake-up; the run it would ask for comes with it (one call
         -- of advance fewer per binding). A worker that never said what it takes gets a bare
@@ -241,12 +239,17 @@ while true do
         local t = rcall('HMGET', K_WS .. w, 'take', 'batches')
         if tonumber(t[1]) then
           local batches = (t[2] and t[2] ~= '') and cjson.decode(t[2]) or {}
-          local rows, started, dropped = start_run(w, tid, tonumber(t[1]), batches, now)
-          assigned = assigned - started - dropped
-          count('active', started)
-          if started > 0 then wake = cjson.encode(rows) end
+          local rows, run, dropped = start_run(w, tid, tonumber(t[1]), batches, now)
+          assigned = assigned - #run - dropped
+          count('active', #run)
+          if #run > 0 then wake = cjson.encode(rows) end
+          for _, id in ipairs(run) do started[id] = true end
         end
         rcall('RPUSH', K_WAKEW .. w, wake)
+      end
+      -- The rest wait in the worker's queue (start_run marked the run's jobs active).
+      for _, id in ipairs(ids) do
+        if not started[id] then rcall('HSET', K_JOB .. id, 'status', 'assigned', 'worker', w) end
       end
       count('assigned', assigned)
       placed = placed + #ids
