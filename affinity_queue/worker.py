@@ -52,6 +52,12 @@ handler; it sees the result, or the error as it propagates; raising fails the jo
 
 WAIT_CAP_S = 5.0
 """Longest single blocking wait: the client's socket timeout must exceed it."""
+_clock = (
+    partial(time.clock_gettime, time.CLOCK_BOOTTIME)
+    if hasattr(time, "CLOCK_BOOTTIME")
+    else time.monotonic
+)
+"""Seconds that go on while the machine sleeps (Linux's boot time), for lease deadlines."""
 HAND_BACK_BUDGET = 500
 """Jobs one retire or deregister call hands back; a longer queue takes more calls."""
 HANDLER_STOP_S = 1.0
@@ -279,7 +285,8 @@ class WorkerService(QueueRuntime):
         self._epoch = ""
         self._running: dict[str, _Run] = {}  # by worker id: handlers whose code still runs
         self._lost: set[str] = set()  # worker ids whose lease the heartbeat found gone
-        self._renewed: dict[str, float] = {}  # worker id -> when its lease was last renewed
+        self._sure_until: dict[str, float] = {}  # worker id -> _clock() its lease surely holds to
+        self._renewal: asyncio.Task[list[str]] | None = None  # the renewal slots wait on
         self._bindings: dict[int, _Binding] = {}  # by slot: the tag it holds
         self._startup: list[Callable[[], Any]] = []
         self._shutdown: list[Callable[[], Any]] = []
@@ -502,7 +509,8 @@ class WorkerService(QueueRuntime):
             for ctx in run.contexts:
                 ctx.cancelled = True
         await cancel_and_wait(
-            [*late, *([self._heartbeat] if self._heartbeat else [])], logger=self._log
+            [*late, *(t for t in (self._heartbeat, self._renewal) if t is not None)],
+            logger=self._log,
         )
         pending = [run.done for run in self._running.values() if not run.done.done()]
         if pending:  # cancelled async handlers, on their way out
@@ -526,7 +534,9 @@ class WorkerService(QueueRuntime):
             await self._release(slot, self._worker_ids.get(slot, ""), "released_on_stop")
         self._worker_ids.clear()
         self._busy.clear()
-        self._slots, self._heartbeat = {}, None
+        self._slots, self._heartbeat, self._renewal = {}, None, None
+        self._lost.clear()
+        self._sure_until.clear()
 
     def _ids(self, slots: Iterable[int]) -> list[str]:
         return [wid for slot in slots if (wid := self._worker_ids.get(slot))]
@@ -633,7 +643,7 @@ class WorkerService(QueueRuntime):
                 if not self._stopping:
                     self._worker_ids.pop(slot, None)
                     self._lost.discard(wid)
-                    self._renewed.pop(wid, None)
+                    self._sure_until.pop(wid, None)
 
     async def _register(self, slot: int) -> str:
         """Register a fresh worker id; a changed epoch means Redis lost the queue's data."""
@@ -646,13 +656,13 @@ class WorkerService(QueueRuntime):
             os.getpid(),
             secrets.token_hex(8),
         )
-        sent = time.monotonic()
+        sent = _clock()
         epoch = await self._net.retry(register, what=f"worker {wid}: register")
         if self._epoch and epoch != self._epoch:
             self._log.error("%s", DataLostError(self.name))
         self._epoch = epoch
         self._worker_ids[slot] = wid
-        self._renewed[wid] = sent
+        self._sure_until[wid] = sent + self._sure_s
         return wid
 
     async def _work(self, slot: int, wid: str) -> None:
@@ -693,21 +703,25 @@ class WorkerService(QueueRuntime):
                 try:
                     run = await self._advance(slot, wid, run, outcomes)
                 except LeaseLostError as e:
-                    e.job_id = run[0].id
+                    e.job_id = run[0].id if outcomes else None
                     raise
-                refused = await self._track(slot, wid, run, outcomes[-1])
+                refused = await self._track(slot, wid, run, outcomes[-1] if outcomes else _NOTHING)
             finally:
                 self._busy.discard(slot)
 
     async def _run_all(
         self, slot: int, wid: str, run: list[RawJob], refused: Exception | None
     ) -> list[_Outcome]:
-        """The outcomes of a prefix of ``run`` (at least its first job): a batch handler's
-        call, or one job after the other until one does not complete or the worker stops."""
+        """The outcomes of a prefix of ``run``: a batch handler's call, or one job after the
+        other until one does not complete or the worker stops. At least the first job, unless
+        the stop began while the lease was being confirmed (then none)."""
         binding = self._bindings.get(slot)
         tag_state = binding.state if binding else {}
         handler = self._handlers.get(run[0].type)
-        await self._confirm_lease(wid)
+        if not self._lease_sure(wid):
+            await self._confirm_lease(wid)
+            if self._stopping:
+                return []  # stop began meanwhile: the run goes back unstarted
         began = first = time.perf_counter()
         quick = False
         if handler is not None and handler.max_size and refused is None:
@@ -1130,7 +1144,7 @@ class WorkerService(QueueRuntime):
     async def _renew(self, ids: list[str]) -> list[str]:
         """Renew the leases of ``ids``; the lost ones join ``_lost``. Returns the ids of active
         jobs whose cancellation was requested."""
-        sent = time.monotonic()  # the lease runs at least HEARTBEAT_TIMEOUT from here
+        sent = _clock()  # Redis starts the lease at least HEARTBEAT_TIMEOUT from here
         beat = partial(
             self._scripts.heartbeat, self._epoch, self.settings.heartbeat_timeout_ms, ids
         )
@@ -1140,27 +1154,32 @@ class WorkerService(QueueRuntime):
             lost, cancel = ids, []  # they re-register; the first to do so reports the loss
         self._lost.update(lost)
         for wid in ids:
-            if wid in self._renewed and wid not in self._lost:  # not re-registered meanwhile
-                self._renewed[wid] = sent
+            if wid in self._sure_until and wid not in self._lost:  # not re-registered meanwhile
+                self._sure_until[wid] = sent + self._sure_s
         return cancel
 
-    def _lease_sure(self, wid: str) -> bool:
-        """Whether the lease surely has a heartbeat interval left, as the local clock tells."""
+    @property
+    def _sure_s(self) -> float:
+        """How long after a renewal was sent the lease surely has a heartbeat interval left."""
         s = self.settings
-        left_s = (s.heartbeat_timeout_ms - s.heartbeat_interval_ms) / 1000
-        age_s = time.monotonic() - self._renewed.get(wid, -math.inf)
-        return age_s < left_s and wid not in self._lost
+        return (s.heartbeat_timeout_ms - s.heartbeat_interval_ms) / 1000
+
+    def _lease_sure(self, wid: str) -> bool:
+        """Whether, as the local clock tells, the lease has a heartbeat interval left."""
+        return _clock() < self._sure_until.get(wid, -math.inf) and wid not in self._lost
 
     async def _confirm_lease(self, wid: str) -> None:
         """Before a run starts, renew a lease that may have lapsed since the run was handed out.
-        The run may have waited in a socket while the process was frozen or cut off from Redis
+        The run may have waited in a socket while the process was paused or cut off from Redis
         (a wake-up read late, a reply read late): past its lease, the leader has handed its
-        jobs back and they may be running elsewhere already. Free while heartbeats keep up."""
-        if self._lease_sure(wid):
-            return
-        await self._renew([wid])
-        if wid in self._lost:
-            raise LeaseLostError(wid)
+        jobs back and they may be running elsewhere already. Slots that find their leases
+        unsure together (heartbeats stalled) share one renewal of every lease."""
+        while not self._lease_sure(wid):
+            if wid in self._lost:
+                raise LeaseLostError(wid)
+            if self._renewal is None or self._renewal.done():
+                self._renewal = asyncio.create_task(self._renew(list(self._worker_ids.values())))
+            await asyncio.shield(self._renewal)
 
     async def _heartbeats(self) -> None:
         interval_s = self.settings.heartbeat_interval_ms / 1000
