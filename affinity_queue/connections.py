@@ -163,7 +163,9 @@ def pool_factory(
             "decode_responses": True,
             **target.sentinel_options,
         }
-        manager = Sentinel(target.sentinels, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+        manager = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
+            target.sentinels, sentinel_kwargs=sentinel_kwargs
+        )
         return BlockingSentinelPool(  # type: ignore[no-untyped-call]
             target.service_name, manager, is_master=True, **options
         )

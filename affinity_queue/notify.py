@@ -89,5 +89,5 @@ class Waiters:
             await cancel_and_wait([self._reader], logger=self._log)
         if self._pubsub is not None:
             with contextlib.suppress(*RedisTrouble):
-                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+                await self._pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
         self._reader = self._pubsub = None
