@@ -83,9 +83,11 @@ _REFUSED = ("MISCONF", "BUSY")
 """Error replies (besides OOM) that mean Redis refused the call before it wrote anything."""
 
 
-def dumps(value: Any) -> str:
-    """The one JSON encoding used for payloads, results and errors."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+dumps: Callable[[Any], str] = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
+"""The one JSON encoding used for payloads, results and errors (one encoder, made once:
+``json.dumps`` with options builds one per call)."""
 
 
 class QueueService:
