@@ -12,10 +12,11 @@ import os
 import random
 import secrets
 import socket
+import sys
 import threading
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -199,6 +200,21 @@ class _Run:
     type: str
     done: asyncio.Future[Any]
     cancel: Callable[[], Any]
+
+
+if sys.version_info >= (3, 12):
+
+    def _handler_task(coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """A handler's task, started at once (eager): a handler that returns without waiting
+        on anything has ended when this returns, and its worker goes on in the same loop turn
+        instead of three turns later. Its context is still its own copy."""
+        return asyncio.Task(coro, loop=asyncio.get_running_loop(), name=name, eager_start=True)
+
+else:
+
+    def _handler_task(coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """A handler's task (Python 3.11 has no eager start: it starts in the next turn)."""
+        return asyncio.create_task(coro, name=name)
 
 
 def _in_thread(fn: Callable[[], Any], name: str) -> asyncio.Future[Any]:
@@ -954,7 +970,7 @@ class WorkerService(QueueRuntime):
         )
         name = f"aq-handler-{self.name}-{first.id}+{len(run) - 1}"
         if handler.is_async:
-            task = asyncio.create_task(handler.fn(*args), name=name)
+            task = _handler_task(handler.fn(*args), name)
             done: asyncio.Future[Any] = task
             cancel: Callable[[], Any] = task.cancel
         else:
@@ -1007,7 +1023,7 @@ class WorkerService(QueueRuntime):
         name = f"aq-handler-{self.name}-{job.id}"
         if not self._middleware and self.tracer is None:
             if handler.is_async:
-                task = asyncio.create_task(handler.fn(*args), name=name)
+                task = _handler_task(handler.fn(*args), name)
                 return task, task.cancel
             return _in_thread(partial(handler.fn, *args), name), lambda: None
         threads: list[asyncio.Future[Any]] = []
@@ -1029,7 +1045,7 @@ class WorkerService(QueueRuntime):
                     return await inner()
 
             call = traced
-        task = asyncio.create_task(call(), name=name)  # type: ignore[arg-type]
+        task = _handler_task(call(), name)  # type: ignore[arg-type]
         return _when_all_returned(task, threads), task.cancel
 
     async def _carrier(self, job_id: str) -> dict[str, str]:
@@ -1041,6 +1057,8 @@ class WorkerService(QueueRuntime):
         """Wait for ``run`` to end, at most ``timeout_s``; past it, flag its contexts, interrupt
         it and wait for its real end all the same (exclusivity is judged in real time). True
         when it ended in time; a late result or error is ignored."""
+        if run.done.done():  # an eager handler that never waited
+            return True
         self._running[wid] = run
         # One future and at most one timer per run: asyncio.wait() costs a set, a counter and
         # a callback per future for the same thing, and this runs once per job.
