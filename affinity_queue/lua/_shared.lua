@@ -283,7 +283,6 @@ local function finish_run(ends, now)
   for _, rule in ipairs(rules) do rule.ttl_s = int(rule.ttl) end
   local statuses, counted = {}, {}
   local tids, done_ids, done_ttl = {}, {}, {}
-  local ending = {}
   -- Past the end of the last watch (watch.lua) no job's notify field can be due, so a completed
   -- job of a known tag needs no read.
   local watched = (tonumber(c[5]) or 0) >= now
@@ -298,7 +297,6 @@ local function finish_run(ends, now)
     end
     rcall('PEXPIRE', job, rule.ttl_s)
     rule[#rule + 1] = id
-    ending[id] = true
     if not counted[status] then statuses[#statuses + 1] = status end
     counted[status] = (counted[status] or 0) + 1
     local f = { e[7] }
@@ -348,11 +346,11 @@ local function finish_run(ends, now)
           if index == K_FAILED then unindex_failed(popped[i]) end
           -- A record somebody still waits for lives a few seconds past the wait, so wait_for
           -- can read it after its wake-up.
+          -- The record may be of this call itself (a run of more than `keep` jobs, or ties in
+          -- finish time): past `keep` all the same.
           local old = K_JOB .. popped[i]
           local watched = tonumber(rcall('HGET', old, 'notify')) or 0
-          if ending[popped[i]] then
-            -- a record of this call itself (ties in finish time): its TTL trims it
-          elseif watched < now then
+          if watched < now then
             rcall('DEL', old)
           else
             rcall('PEXPIRE', old, watched - now + 5000)

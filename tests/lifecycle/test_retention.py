@@ -58,6 +58,25 @@ async def test_only_the_newest_completed_records_are_kept(make_settings, redis_c
     assert len(await job_keys(redis_client, settings)) == 10
 
 
+async def test_a_run_finishing_more_than_keep_records_keeps_only_keep(
+    make_settings, redis_client
+) -> None:
+    """A batch of 20 ends in one call, all in the same millisecond: 5 records stay, not 20 (the
+    call's own records past KEEP_COMPLETED were once left to their TTL)."""
+    settings = make_settings(worker_count=1, keep_completed=5, max_batch_size=20)
+    aq = AffinityQueue(settings)
+
+    @aq.batch_handler("b", max_size=20)
+    async def handle(payloads: list[int]) -> list[int]:
+        return payloads
+
+    q = aq.queue()
+    await q.add_bulk({"type": "b", "identifyTag": "T", "payload": i} for i in range(20))
+    async with aq:
+        await finished_count(q, 20, timeout_s=20)
+    assert len(await job_keys(redis_client, settings)) == 5
+
+
 async def test_only_the_newest_dead_letters_are_kept(make_settings, redis_client) -> None:
     settings = make_settings(worker_count=1, keep_failed=3)
     aq = AffinityQueue(settings)
