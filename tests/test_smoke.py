@@ -54,3 +54,29 @@ def test_two_queues_cannot_share_a_pending_queue_name(make_settings) -> None:
 def test_a_password_with_url_characters_is_escaped(make_settings) -> None:
     url = make_settings(redis_url=None, redis_password="p@ss:w/rd").resolved_redis_url
     assert url.startswith("redis://:p%40ss%3Aw%2Frd@")
+
+
+async def test_add_bulk_returns_each_job_as_redis_holds_it(make_settings) -> None:
+    """The returned jobs are copies of one chunk-wide template: each has its own fields and its
+    own ``history`` list, and matches what ``get_job`` reads back."""
+    aq = AffinityQueue(make_settings())
+    q = aq.queue()
+    tasks = [{"type": f"t{i % 2}", "identifyTag": f"tag{i}", "payload": {"i": i}} for i in range(5)]
+    try:
+        jobs = await q.add_bulk(tasks)
+        jobs[0].history.append(jobs[0].error)  # type: ignore[arg-type]
+        assert [j.history for j in jobs[1:]] == [[]] * 4
+        for job, t in zip(jobs, tasks, strict=True):
+            got = await q.get_job(job.id)
+            assert got is not None and got.status is JobStatus.PENDING
+            assert (job.type, job.identify_tag, job.payload) == (
+                t["type"],
+                t["identifyTag"],
+                t["payload"],
+            )
+            assert (got.id, got.type, got.identify_tag, got.payload) == (
+                job.id, job.type, job.identify_tag, job.payload)  # fmt: skip
+            assert (job.status, job.attempts, job.max_attempts) == (JobStatus.PENDING, 0, 1)
+        assert len({j.id for j in jobs}) == 5
+    finally:
+        await aq.aclose()
