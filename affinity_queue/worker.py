@@ -61,6 +61,9 @@ _clock = (
 """Seconds that go on while the machine sleeps (Linux's boot time), for lease deadlines."""
 HAND_BACK_BUDGET = 500
 """Jobs one retire or deregister call hands back; a longer queue takes more calls."""
+YIELD_S = 0.001
+"""Longest a run of quick jobs keeps the event loop before it lets other tasks (requests, the
+other workers, the heartbeat) run."""
 HANDLER_STOP_S = 1.0
 """How long stop() waits, after the grace period, for cancelled async handlers to end."""
 MAX_PROGRESS_BYTES = 4096
@@ -207,8 +210,12 @@ if sys.version_info >= (3, 12):
     def _handler_task(coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """A handler's task, started at once (eager): a handler that returns without waiting
         on anything has ended when this returns, and its worker goes on in the same loop turn
-        instead of three turns later. Its context is still its own copy."""
-        return asyncio.Task(coro, loop=asyncio.get_running_loop(), name=name, eager_start=True)
+        instead of three turns later. Its context is still its own copy. A loop with a task
+        factory of its own (an instrumentation) gets its tasks from it, started as it says."""
+        loop = asyncio.get_running_loop()
+        if loop.get_task_factory() is not None:
+            return loop.create_task(coro, name=name)
+        return asyncio.Task(coro, loop=loop, name=name, eager_start=True)
 
 else:
 
@@ -738,7 +745,7 @@ class WorkerService(QueueRuntime):
             await self._confirm_lease(wid)
             if self._stopping:
                 return []  # stop began meanwhile: the run goes back unstarted
-        began = first = time.perf_counter()
+        began = first = yielded = time.perf_counter()
         quick = False
         if handler is not None and handler.max_size and refused is None:
             outcomes = await self._execute_batch(wid, run, handler, tag_state)
@@ -767,6 +774,9 @@ class WorkerService(QueueRuntime):
                 outcomes.append(outcome)
                 if outcome.kind != "completed" or not quick:
                     break
+                if now - yielded >= YIELD_S:  # eager handlers that never wait never yield
+                    await asyncio.sleep(0)
+                    yielded = time.perf_counter()
         if binding is not None:
             binding.jobs += len(outcomes)
         if len(outcomes) == len(run) and all(o.kind == "completed" for o in outcomes) and quick:
@@ -918,8 +928,9 @@ class WorkerService(QueueRuntime):
             if job.timeout_ms
             else handler.timeout_s or (self.settings.task_timeout_ms / 1000 or None)
         )
+        since = asyncio.get_running_loop().time()  # an eager start runs code before _hold
         done, cancel = self._start_run(handler, args, ctx, job)
-        if not await self._hold(wid, _Run([ctx], job.type, done, cancel), job, timeout_s):
+        if not await self._hold(wid, _Run([ctx], job.type, done, cancel), job, timeout_s, since):
             return self._failure(
                 job, TimeoutError(f"the handler of {job.type!r} ran past {timeout_s} s"), wid
             )
@@ -969,6 +980,7 @@ class WorkerService(QueueRuntime):
             min(own) if own else handler.timeout_s or (self.settings.task_timeout_ms / 1000 or None)
         )
         name = f"aq-handler-{self.name}-{first.id}+{len(run) - 1}"
+        since = asyncio.get_running_loop().time()
         if handler.is_async:
             task = _handler_task(handler.fn(*args), name)
             done: asyncio.Future[Any] = task
@@ -976,7 +988,8 @@ class WorkerService(QueueRuntime):
         else:
             done, cancel = _in_thread(partial(handler.fn, *args), name), lambda: None
         what = f"the batch handler of {first.type!r}"
-        if not await self._hold(wid, _Run(contexts, first.type, done, cancel), first, timeout_s):
+        handling = _Run(contexts, first.type, done, cancel)
+        if not await self._hold(wid, handling, first, timeout_s, since):
             return [self._failure(first, TimeoutError(f"{what} ran past {timeout_s} s"), wid)]
         try:
             results = done.result()
@@ -1053,10 +1066,13 @@ class WorkerService(QueueRuntime):
         raw = await self._redis.get(self._keys.trace(job_id.partition("-")[2]))
         return dict(json.loads(raw)) if raw else {}
 
-    async def _hold(self, wid: str, run: _Run, job: RawJob, timeout_s: float | None) -> bool:
-        """Wait for ``run`` to end, at most ``timeout_s``; past it, flag its contexts, interrupt
-        it and wait for its real end all the same (exclusivity is judged in real time). True
-        when it ended in time; a late result or error is ignored."""
+    async def _hold(
+        self, wid: str, run: _Run, job: RawJob, timeout_s: float | None, since: float
+    ) -> bool:
+        """Wait for ``run`` to end, at most ``timeout_s`` after ``since`` (its start, by the
+        loop's clock); past it, flag its contexts, interrupt it and wait for its real end all
+        the same (exclusivity is judged in real time). True when it ended in time; a late
+        result or error is ignored."""
         if run.done.done():  # an eager handler that never waited
             return True
         self._running[wid] = run
@@ -1076,7 +1092,7 @@ class WorkerService(QueueRuntime):
                 waiter.set_result(run.done.done())
 
         run.done.add_done_callback(ended)
-        timer = loop.call_later(timeout_s, overran) if timeout_s is not None else None
+        timer = loop.call_at(since + timeout_s, overran) if timeout_s is not None else None
         try:
             finished = await waiter
             if not finished:

@@ -166,3 +166,53 @@ async def test_a_handlers_own_timeout_error_is_reported_as_raised(make_settings)
     assert done.status is JobStatus.FAILED
     assert done.error is not None and done.error.type == "TimeoutError"
     assert done.error.message == "upstream took too long", done.error.message
+
+
+async def test_the_timeout_counts_the_handlers_code_before_its_first_wait(make_settings) -> None:
+    """From Python 3.12 a handler starts eagerly: its code up to its first ``await`` runs before
+    the worker waits on it. That time counts: 0.3 s of work, then a short wait, past a 0.1 s
+    timeout, times out (it did on 3.11, where the handler starts in the next loop turn)."""
+    aq = AffinityQueue(make_settings(worker_count=1))
+
+    @aq.handler("busy", timeout_s=0.1)
+    async def busy(payload: None) -> str:
+        time.sleep(0.3)  # noqa: ASYNC251 -- work that never yields
+        await asyncio.sleep(0.02)
+        return "finished"
+
+    q = aq.queue()
+    job = await q.add(task("T", None, "busy"))
+    async with aq:
+        (done,) = await all_settled(q, [job.id], timeout_s=5)
+    assert done.error is not None and done.error.type == "TimeoutError", done
+
+
+async def test_a_run_of_quick_handlers_lets_the_event_loop_turn(make_settings) -> None:
+    """Handlers that never wait (and, from 3.12, start eagerly) must not hold the event loop for
+    a whole run of their tag: between two turns of another task, at most a couple of them run.
+    Each takes 2 ms, under QUICK_RUN_S (so runs are long) and over YIELD_S."""
+    aq = AffinityQueue(make_settings(worker_count=1, max_batch_size=100))
+    calls = 0
+    most = 0  # handler calls between two turns of the ticker
+
+    @aq.handler("quick")
+    async def quick(payload: int) -> None:
+        nonlocal calls
+        calls += 1
+        time.sleep(0.002)  # noqa: ASYNC251 -- work that never yields
+
+    async def ticker() -> None:
+        nonlocal calls, most
+        while True:
+            most, calls = max(most, calls), 0
+            await asyncio.sleep(0)
+
+    q = aq.queue()
+    jobs = await q.add_bulk(task("T", i, "quick") for i in range(200))
+    async with aq:
+        tick = asyncio.create_task(ticker())
+        try:
+            await all_settled(q, [j.id for j in jobs], timeout_s=30)
+        finally:
+            tick.cancel()
+    assert 1 <= most <= 2, f"{most} handlers ran between two turns of the event loop"
