@@ -330,7 +330,12 @@ local function finish_run(ends, now)
   for _, rule in ipairs(rules) do
     if #rule > 0 then
       local index, slice, scored = rule.index, TRIM_SLICE * #rule, {}
-      for i, id in ipairs(rule) do scored[2 * i - 1], scored[2 * i] = now_s, id end
+      -- The call's ends in their order, within its millisecond: a tie would be broken by the
+      -- ids as text ("100-..." before "95-..."), and the trim below would keep older records.
+      for i, id in ipairs(rule) do
+        scored[2 * i - 1] = i == 1 and now_s or string.format('%.4f', now + (i - 1) / #rule)
+        scored[2 * i] = id
+      end
       rcall('ZADD', index, unpack(scored))
       local expired = rcall('ZRANGEBYSCORE', index, '-inf', now - rule.ttl, 'LIMIT', 0, slice)
       if #expired > 0 then

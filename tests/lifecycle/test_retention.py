@@ -62,7 +62,8 @@ async def test_a_run_finishing_more_than_keep_records_keeps_only_keep(
     make_settings, redis_client
 ) -> None:
     """A batch of 20 ends in one call, all in the same millisecond: 5 records stay, not 20 (the
-    call's own records past KEEP_COMPLETED were once left to their TTL)."""
+    call's own records past KEEP_COMPLETED were once left to their TTL), and they are the last
+    5 of the batch, whatever their ids sort like."""
     settings = make_settings(worker_count=1, keep_completed=5, max_batch_size=20)
     aq = AffinityQueue(settings)
 
@@ -71,10 +72,17 @@ async def test_a_run_finishing_more_than_keep_records_keeps_only_keep(
         return payloads
 
     q = aq.queue()
-    await q.add_bulk({"type": "b", "identifyTag": "T", "payload": i} for i in range(20))
     async with aq:
-        await finished_count(q, 20, timeout_s=20)
+        # Past the warm-up the order counter is in the 90s: the batch's ids cross from "9x-..."
+        # to "10x-...", which sort first as text.
+        await q.add_bulk({"type": "b", "identifyTag": "warm", "payload": i} for i in range(85))
+        await finished_count(q, 85, timeout_s=20)
+        jobs = await q.add_bulk({"type": "b", "identifyTag": "T", "payload": i} for i in range(20))
+        assert jobs[0].id.startswith("9") and jobs[-1].id.startswith("1"), jobs
+        await finished_count(q, 105, timeout_s=20)
+        kept = [await q.get_job(j.id) for j in jobs]
     assert len(await job_keys(redis_client, settings)) == 5
+    assert [j is not None for j in kept] == [False] * 15 + [True] * 5, "not the newest 5 kept"
 
 
 async def test_only_the_newest_dead_letters_are_kept(make_settings, redis_client) -> None:
