@@ -866,10 +866,10 @@ class WorkerService(QueueRuntime):
             return round((sent - t) * 1000) if t else ""
 
         done: list[Any] = [
-            (job.id, o.kind, o.data, ago_ms(o.started), ago_ms(o.ended))
+            (job.id, o.kind, o.data, ago_ms(o.started), ago_ms(o.ended), job.attempts)
             for job, o in zip(run, outcomes, strict=False)
         ]
-        done += [(job.id, "", "", "", "") for job in run[len(outcomes) :]]
+        done += [(job.id, "", "", "", "", job.attempts) for job in run[len(outcomes) :]]
         take = 0 if self._stopping else self._take.get(slot, 1)
         last = outcomes[-1] if outcomes else _NOTHING
         order = self.settings.retry_order.value

@@ -234,8 +234,8 @@ async def test_wait_for_reads_a_completed_job_that_trimming_would_have_deleted(
             script = advance.register_script(script_source("advance"))
             keys = list(engine.keys.script_keys)
             take = ["W1", 1, 0, "strict", 0]  # worker, take 1, no retry, no batch types
-            j2 = script(keys=keys, args=[*take, j1.id, "completed", '"r1"', "", ""])
-            script(keys=keys, args=[*take, j2[0], "completed", '"r2"', "", ""])
+            j2 = script(keys=keys, args=[*take, j1.id, "completed", '"r1"', "", "", ""])
+            script(keys=keys, args=[*take, j2[0], "completed", '"r2"', "", "", ""])
         finally:
             advance.close()
         assert await waiting == "r1"

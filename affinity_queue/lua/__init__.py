@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache, partial
 from importlib.resources import files
@@ -300,7 +301,7 @@ class Scripts:
     async def advance_run(
         self,
         worker_id: str,
-        done: list[tuple[str, str, str]] | list[tuple[str, str, str, int, int]],
+        done: Sequence[tuple[Any, ...]],
         take: int,
         *,
         batch_sizes: dict[str, int] | None = None,
@@ -309,10 +310,11 @@ class Scripts:
     ) -> list[RawJob]:
         """Finish the active run ``done`` — ``(id, outcome, JSON)`` for each of its jobs in
         order, outcome ``""`` for one not run, optionally with how many ms before this call it
-        started and ended — and start the next run of up to ``take`` jobs (up to
-        ``batch_sizes[type]`` jobs of that type when it starts with a batch type)."""
+        started and ended and the attempt it ran as (a repeat that finds a later attempt of
+        the run is refused: JobNotActiveError) — and start the next run of up to ``take`` jobs
+        (up to ``batch_sizes[type]`` jobs of that type when it starts with a batch type)."""
         pairs = [str(x) for item in sorted((batch_sizes or {}).items()) for x in item]
-        flat = [x for entry in done for x in (entry if len(entry) == 5 else (*entry, "", ""))]
+        flat = [x for entry in done for x in (*entry, "", "", "")[:6]]
         reply = await self._advance(
             worker_id, take, retry_delay_ms, retry_order, len(pairs) // 2, *pairs, *flat
         )

@@ -33,11 +33,12 @@
   ARGV[5]  m: how many batch types follow
   ARGV[6..] m pairs (type, most jobs of one batch): a run that starts with a job of such a type
            takes up to that many jobs of that type; a run of other jobs takes up to `take` jobs
-           and stops before a job of a batch type; then the active run, five values per job:
+           and stops before a job of a batch type; then the active run, per job:
            id, outcome ('completed' | 'failed' | 'retry' | '' for not run), JSON (the result
-           when completed, the error otherwise), and how many ms before this call the job
-           started and ended ('' and '': when the call that took it started it); nothing when
-           nothing is finished.
+           when completed, the error otherwise), how many ms before this call the job
+           started and ended ('' and '': when the call that took it started it), and the
+           attempt it ran as ('': unchecked), six values per job; nothing when nothing is
+           finished.
   Safe to repeat: a run is finished only while it is the worker's active run (a repeat gets
   ERR_NOT_ACTIVE, and the caller then asks again without finishing), and a worker that already
   has an active run gets that run again instead of a new one. A call that ran none of its run and
@@ -83,18 +84,25 @@ local function counted()
   count('assigned', assigned_delta)
 end
 local ran = false  -- whether any job of the run being finished ran
-for i = first + 1, #ARGV, 5 do ran = ran or ARGV[i] ~= '' end
+for i = first + 1, #ARGV, 6 do ran = ran or ARGV[i] ~= '' end
 if first <= #ARGV and (ran or take < 1) then
   local ids = {}
-  for i = first, #ARGV, 5 do ids[#ids + 1] = ARGV[i] end
+  for i = first, #ARGV, 6 do ids[#ids + 1] = ARGV[i] end
   if current ~= table.concat(ids, ' ') then return ERR_NOT_ACTIVE end
+  -- The same ids may be a later run: a repeat of a report whose first call landed (a retry
+  -- went idle) after dispatch started the job again as a carried run, which never ran. A run's
+  -- jobs start together, so its first job's attempt tells which run this is.
+  local attempt = ARGV[first + 5]
+  if attempt ~= '' and rcall('HGET', K_JOB .. ARGV[first], 'attempts') ~= attempt then
+    return ERR_NOT_ACTIVE
+  end
   current = ''
   active_delta = -#ids
   -- Not run: back to the front of the worker's queue, in order, as if never taken (or
   -- cancelled, if that was requested meanwhile: it never ran).
   local ends = {}
   local back, back_tids = {}, {}  -- the unrun jobs, last first (one LPUSH); per tag, how many
-  for i = #ARGV - 4, first, -5 do
+  for i = #ARGV - 5, first, -6 do
     if ARGV[i + 1] == '' then
       local job = K_JOB .. ARGV[i]
       local f = rcall('HMGET', job, 'cancel', 'tid', 'attempts')
@@ -120,7 +128,7 @@ if first <= #ARGV and (ran or take < 1) then
   local last_end = tonumber(s[2]) or 0
   -- The run's jobs came from the worker's queue, which holds jobs of the tag it is bound to.
   local tid = s[3] ~= '' and s[3] or nil
-  for i = first, #ARGV, 5 do
+  for i = first, #ARGV, 6 do
     local finished, outcome, data = ARGV[i], ARGV[i + 1], ARGV[i + 2]
     local job = K_JOB .. finished
     local started, ended = nil, now

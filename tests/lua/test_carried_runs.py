@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from affinity_queue.errors import JobNotActiveError
 from affinity_queue.lua import RawJob, carried_run
 
 from ..engine import Engine
@@ -140,3 +141,27 @@ async def test_advance_drops_a_stale_wake_up(engine: Engine) -> None:
     assert await engine.scripts.advance_run("W", done, 20) == []
     assert await wake_ups(engine) == []
     assert {(await engine.job(i))["status"] for i in ids} == {"completed"}
+
+
+async def test_a_repeated_retry_report_does_not_finish_the_run_dispatch_started_again(
+    engine: Engine,
+) -> None:
+    """The worker reports a retry (relaxed, due at once), the call lands and its reply is lost;
+    before the worker repeats it, dispatch starts the same job again as the worker's carried run
+    (attempt 2). The repeat names the same id but attempt 1: it is refused (ERR_NOT_ACTIVE),
+    and asking again without a report delivers attempt 2 instead of using it up unrun."""
+    [job_id] = await bound(engine, 1, take=1)
+    (wake_up,) = await wake_ups(engine)
+    [first] = carried_run(wake_up)
+    report = [(first.id, "retry", '{"r": 1}', "", "", first.attempts)]
+    retry = {"retry_delay_ms": 0, "retry_order": "relaxed"}
+    assert await engine.scripts.advance_run("W", report, 1, **retry) == []  # reply "lost"
+    await engine.dispatch()  # due at once: placed again on W, started as attempt 2
+    try:
+        await engine.scripts.advance_run("W", report, 1, **retry)  # the repeat
+        raise AssertionError("a repeat of attempt 1's report finished attempt 2")
+    except JobNotActiveError:
+        pass
+    [again] = await engine.scripts.advance_run("W", [], 1)
+    assert (again.id, again.attempts) == (job_id, 2)
+    assert (await engine.job(job_id))["attempts"] == "2"

@@ -407,8 +407,11 @@ class Harness:
         delay, order = self.rng.choice((0, 0, 5, 30)), self.rng.choice(("strict", "relaxed"))
         if ran:
             outcomes[-1] = self.rng.choice(("completed",) * 6 + ("failed",) + ("retry",) * 3)
-        done = [(job.id, o, '{"r": 1}') for job, o in zip(run, outcomes, strict=False)]
-        done += [(job.id, "", "") for job in run[ran:]]
+        done = [
+            (job.id, o, '{"r": 1}', "", "", job.attempts)
+            for job, o in zip(run, outcomes, strict=False)
+        ]
+        done += [(job.id, "", "", "", "", job.attempts) for job in run[ran:]]
         take = 0 if w.retiring else self.rng.choice((1, 1, 1, 2, 3))
         sizes = {"t": self.rng.randint(1, 3)} if self.rng.random() < 0.3 else {}
 
