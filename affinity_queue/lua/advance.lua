@@ -39,8 +39,9 @@
            started and ended ('' and '': when the call that took it started it), and the
            attempt it ran as ('': unchecked), six values per job; nothing when nothing is
            finished.
-  Safe to repeat: a run is finished only while it is the worker's active run (a repeat gets
-  ERR_NOT_ACTIVE, and the caller then asks again without finishing), and a worker that already
+  Safe to repeat: a run is finished only while it is the worker's active run, at the attempt the
+  report names (a repeat gets ERR_NOT_ACTIVE, also when dispatch has started the same job again
+  meanwhile, and the caller then asks again without finishing), and a worker that already
   has an active run gets that run again instead of a new one. A call that ran none of its run and
   takes again changes nothing and gets the same run back (sent back and taken again, it would be
   the same run, and a repeat could not tell it had been recorded). A run that dispatch started
