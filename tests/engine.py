@@ -3,6 +3,8 @@ workers registered by name, every step explicit. For tests that pin one script r
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -41,6 +43,18 @@ class Engine:
         """Adds ``n`` jobs of ``tag`` whose payloads are 0..n-1; returns their ids."""
         entries = [("t", tag, tag_id(tag), str(i)) for i in range(n)]
         return (await self.scripts.add(new_token(), entries, options or AddOptions())).ids
+
+    @contextlib.asynccontextmanager
+    async def backlog(self) -> AsyncIterator[None]:
+        """Tasks added inside wait for the next ``dispatch``: add places what it can at once
+        (an idle worker), so a test that pins how dispatch shares a backlog pauses the queue
+        while it builds one."""
+        assert await self.redis.hget(self.keys.config, "paused") != "1"
+        await self.scripts.pause(new_token(), True)
+        try:
+            yield
+        finally:
+            await self.scripts.pause(new_token(), False)
 
     async def take(self, worker: str, finished: RawJob | None = None) -> RawJob | None:
         """Complete ``finished`` (if any) and start the worker's next job."""

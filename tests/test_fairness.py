@@ -59,8 +59,9 @@ async def backlogs(
 ) -> None:
     """``n`` tasks per tag, added in turns of 100 so that no tag starts far ahead."""
     for _ in range(n // 100):
-        for tag in SHARES:
-            await engine.add(tag, 100, (options or {}).get(tag))
+        async with engine.backlog():
+            for tag in SHARES:
+                await engine.add(tag, 100, (options or {}).get(tag))
 
 
 async def test_tags_share_the_workers_in_proportion_to_their_weights(engine: Engine) -> None:
@@ -100,9 +101,10 @@ async def test_free_workers_go_round_the_waiting_tags(engine: Engine) -> None:
     workers = ("w1", "w2", "w3", "w4")
     await engine.elect(max_batch=5, concurrency=4)
     await engine.register(*workers)
-    flood = await engine.add("A", 40)
-    for tag in "BCD":
-        await engine.add(tag, 5)
+    async with engine.backlog():
+        flood = await engine.add("A", 40)
+        for tag in "BCD":
+            await engine.add(tag, 5)
     assert await engine.dispatch() == 20
     firsts = [await engine.take(w) for w in workers]
     assert sorted(j.identify_tag for j in firsts if j) == ["A", "B", "C", "D"]
@@ -156,9 +158,10 @@ async def test_weights_changed_by_a_new_leader_mid_batch_apply_from_the_next_tur
     )
     await engine.register(*WORKERS)
     ids: dict[str, list[str]] = {tag: [] for tag in SHARES}
-    for _ in range(30):
-        for tag in SHARES:
-            ids[tag] += await engine.add(tag, 100)
+    async with engine.backlog():
+        for _ in range(30):
+            for tag in SHARES:
+                ids[tag] += await engine.add(tag, 100)
     await run_batches(engine, 150)
     assert await engine.dispatch() > 0
     job = await engine.take("w1")
@@ -217,8 +220,9 @@ async def test_two_weighted_turns_computed_alike_stay_apart_in_release_order(
     tags' bytes)."""
     await engine.elect(max_batch=1, weights={tag_id("X"): 2.0, tag_id("Y"): 2.0})
     await engine.register("w1", "w2")
-    await engine.add("X", 10)
-    await engine.add("Y", 10)
+    async with engine.backlog():
+        await engine.add("X", 10)
+        await engine.add("Y", 10)
 
     async def release(tag: str) -> None:
         """The worker bound to ``tag`` runs its job and gives the tag up."""
@@ -341,9 +345,11 @@ async def test_a_rate_limited_tag_is_held_until_its_next_token_and_others_go_on(
     while M is placed, and dispatch reports when L's next token is due (the scheduler's wait)."""
     await engine.elect(max_batch=10, rates={tag_id("L"): 5.0})
     await engine.register("w1", "w2")
-    await engine.add("L", 30)
+    async with engine.backlog():
+        await engine.add("L", 30)
     assert await engine.dispatch() == 10
-    await engine.add("M", 3)
+    async with engine.backlog():
+        await engine.add("M", 3)
     placed, _, next_due_ms = await engine.scripts.dispatch(engine.fence, 100)
     assert placed == 3  # M on the other worker; L waits for a token
     assert 150 <= next_due_ms <= 200, next_due_ms  # one token every 200 ms
@@ -357,10 +363,12 @@ async def test_a_cold_tag_waits_for_at_most_the_floods_workers_batches(engine: E
     both workers starts at most two more batches before the last of them starts."""
     await engine.elect(max_batch=5, limits={tag_id("flood"): 2})
     await engine.register("w1", "w2")
-    await engine.add("flood", 500)
+    async with engine.backlog():
+        await engine.add("flood", 500)
     await run_batches(engine, 6)
-    for i in range(3):
-        await engine.add(f"cold-{i}", 2)
+    async with engine.backlog():
+        for i in range(3):
+            await engine.add(f"cold-{i}", 2)
     ran = await run_batches(engine, 8)
     last_cold = max(i for i, tag in enumerate(ran) if tag.startswith("cold"))
     assert {t for t in ran if t.startswith("cold")} == {"cold-0", "cold-1", "cold-2"}

@@ -160,8 +160,9 @@ async def test_a_retiring_worker_whose_job_is_retried_strictly_gets_no_new_work(
     """Bug 3: a stopping worker released by a strict retry went back to the idle set."""
     await engine.elect(max_batch=10)
     await engine.register("W1", "W2")
-    await engine.add("A", 3)
-    await engine.add("B", 2)
+    async with engine.backlog():
+        await engine.add("A", 3)
+        await engine.add("B", 2)
     assert await engine.dispatch() == 5
     state = await engine.worker_state("W1")
     w = "W1" if state["tag"] == "A" else "W2"
@@ -283,7 +284,8 @@ async def test_a_run_whose_job_record_is_gone_starts_the_jobs_that_remain(engine
     neither the counts nor the tag index show the lost job as waiting."""
     await engine.elect(max_batch=5)
     await engine.register("w1")
-    ids = await engine.add("A", 3)
+    async with engine.backlog():
+        ids = await engine.add("A", 3)
     assert await engine.dispatch() == 3
     await engine.redis.delete(engine.keys.job(ids[1]))
     run = await engine.scripts.advance_run("w1", [], 3)

@@ -215,7 +215,10 @@ async def test_advance_retried_after_a_lost_reply_strands_no_job(redis_factory, 
         await scripts.add(
             new_token(), [("work", "t", tag_id("t"), f'{{"seq": {i}}}') for i in range(3)]
         )
-        assert (await scripts.dispatch(fence, 100))[:2] == (3, False)
+        # The add placed the three on the idle worker (a bare wake-up: it never said what it
+        # takes), as dispatch would have.
+        assert await client.llen(settings.keys.worker_queue("w1")) == 3
+        assert (await scripts.dispatch(fence, 100))[:2] == (0, False)
 
         first = await scripts.advance("w1", "", "", "", True)  # its reply is "lost"
         again = await scripts.advance("w1", "", "", "", True)

@@ -138,6 +138,16 @@ class Harness:
                 job = self.model.jobs.get(member.lstrip("0"))
                 if job is not None:
                     delayed_before[job.tid] = delayed_before.get(job.tid, 0) + 1
+        before = self.state or await self.read()
+        added_all = await self.add_chunks(entries, options)
+        # add places what dispatch would (an idle worker, a bound one with room): same rules.
+        self.check_bindings(before, await self.read(), await redis_ms(self.redis))
+        if added_all and options.max_pending_per_tag:
+            tids = {tag_id(t) for t, _ in entries}
+            await self.check_backlog(tids, options.max_pending_per_tag, delayed_before)
+
+    async def add_chunks(self, entries: list[tuple[str, str]], options: AddOptions) -> bool:
+        """Add in calls of at most 1,000; False when one failed or was deduplicated."""
         token = new_token()
         for start in range(0, len(entries), 1000):
             chunk = [("t", t, tag_id(t), p) for t, p in entries[start : start + 1000]]
@@ -146,11 +156,11 @@ class Harness:
                     "add", lambda c=chunk, t=token: self.scripts.add(t, c, options)
                 )
             except (*Failure, TagBacklogFullError):
-                return
+                return False
             if added.deduplicated:
                 if added.ids[0] not in self.model.jobs:
                     self.fail(f"deduplication answered {added.ids[0]}, a job nobody added")
-                return
+                return False
             if len(added.ids) != len(chunk):
                 self.fail(f"add of {len(chunk)} answered {len(added.ids)} ids")
             for job_id, entry in zip(added.ids, chunk, strict=False):
@@ -158,9 +168,7 @@ class Harness:
                     self.fail(f"add answered {job_id}, the id of an earlier job")
                 self.model.jobs[job_id] = MJob(job_id, entry[2], added.due_ms)
             token = new_token()  # the next chunk is another call
-        if options.max_pending_per_tag:
-            tids = {tag_id(t) for t, _ in entries}
-            await self.check_backlog(tids, options.max_pending_per_tag, delayed_before)
+        return True
 
     async def check_backlog(self, tids: set[str], limit: int, delayed: dict[str, int]) -> None:
         state = await self.read()
@@ -336,7 +344,7 @@ class Harness:
             if not tid or before.ws.get(wid, {}).get("tid") == tid:
                 continue  # not bound by this dispatch
             if leases.get(wid, 0) < now:
-                self.fail(f"dispatch bound {wid} to {tid}; its lease had expired")
+                self.fail(f"{wid} was bound to {tid}; its lease had expired")
             w = self.model.workers.get(wid)
             if w and w.streak_tid == tid and w.streak >= MAX_BATCH:
                 if new_tags - {tid}:
@@ -646,11 +654,17 @@ class Harness:
             await self.op_register()
         deadline = time.monotonic() + 60
         while True:  # unchecked rounds (a flood takes hundreds): the end state is checked
-            while (await self.scripts.reap(self.fence, 1000))[2]:
-                pass
-            # A reaped run's job whose cancellation was requested ended cancelled: learn it
-            # before anything of its tag starts.
-            self.model.settle(await self.read())
+            # A flood's rounds may outlast the term's lease: keep it.
+            if not await self.scripts.renew(self.leader_token, LEASE_MS):
+                raise Broken(f"seed {self.seed}: the leader lost its lease in the drain")
+            reaped = 0
+            while True:
+                _, jobs, more, _ = await self.scripts.reap(self.fence, 1000)
+                reaped += jobs
+                if not more:
+                    break
+            if reaped:  # a reaped run's job whose cancellation was requested ended cancelled:
+                self.model.settle(await self.read())  # learn it before anything of its tag starts
             await self.scripts.dispatch(self.fence, 1000)
             await self.deliver_wake_ups()
             for w in list(self.model.workers.values()):
