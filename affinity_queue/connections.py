@@ -9,7 +9,9 @@ loops and producers already retry through the outage that a failover is.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -17,13 +19,14 @@ from urllib.parse import unquote
 
 import hiredis  # a dependency, through redis[hiredis]
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
-from redis.asyncio.connection import Connection, parse_url
+from redis.asyncio.connection import AbstractConnection, Connection, parse_url
 from redis.asyncio.sentinel import (
     Sentinel,
     SentinelConnectionPool,
     SentinelManagedConnection,
     SentinelManagedSSLConnection,
 )
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT
 
 if TYPE_CHECKING:
@@ -53,10 +56,40 @@ class HiredisPacking:
             return super().pack_command(*args)  # type: ignore[misc, no-any-return]
 
 
+class TaskFreeWrites(AbstractConnection):
+    """Python 3.11's ``asyncio.wait_for`` runs what it waits for in a Task of its own, and
+    redis-py bounds each command's write by its socket timeout that way: a task and two more
+    event-loop turns per command (without them, 1.16 times the awaited ``add`` calls per second
+    here). The write runs under ``asyncio.timeout`` instead (what 3.12's ``wait_for`` does); a
+    timeout still drops the connection and raises redis-py's ``TimeoutError``. Connecting keeps
+    redis-py's own path."""
+
+    async def send_packed_command(
+        self, command: bytes | str | Iterable[bytes], check_health: bool = True
+    ) -> None:
+        timeout = self.socket_timeout
+        if not timeout or not self.is_connected:
+            return await super().send_packed_command(command, check_health)
+        self.socket_timeout = None  # redis-py writes without a wait_for of its own
+        try:
+            async with asyncio.timeout(timeout):
+                await super().send_packed_command(command, check_health)
+        except TimeoutError:  # ours; redis-py turns a socket's own error into its errors
+            raise RedisTimeoutError("Timeout writing to socket") from None
+        finally:
+            self.socket_timeout = timeout
+
+
+_TUNINGS: tuple[type, ...] = (HiredisPacking,)
+if sys.version_info < (3, 12):
+    _TUNINGS += (TaskFreeWrites,)
+
+
 @cache
 def packing(connection_class: type[Connection]) -> type[Connection]:
-    """``connection_class`` with :class:`HiredisPacking`."""
-    return type(connection_class.__name__, (HiredisPacking, connection_class), {})
+    """``connection_class`` with :class:`HiredisPacking` (and :class:`TaskFreeWrites` before
+    Python 3.12)."""
+    return type(connection_class.__name__, (*_TUNINGS, connection_class), {})
 
 
 class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
