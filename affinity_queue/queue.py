@@ -139,6 +139,7 @@ class QueueService:
         weight: float | None = None,
     ) -> Job:
         """Accept one task. Raises :class:`InvalidTaskError` (nothing written) on bad input.
+        The job returned is the record as added: with a worker idle, it may be running already.
 
         ``delay_s`` / ``run_at``: the task joins the end of its tag's order when due.
         ``dedupe_key``: while the key's window (``dedupe_ttl_s``) lasts, adding again returns the

@@ -703,8 +703,8 @@ class WorkerService(QueueRuntime):
                     lambda: self._blocking.blpop([wake_key], timeout=wait_s),
                     what=f"worker {wid}: wait",
                 )
-                # Woken: bound by the scheduler, which started the run it carries (or nudged
-                # by the heartbeat: then ask for the run).
+                # Woken: bound (by dispatch, an add or another worker's advance), with the run
+                # that started carried (or nudged by the heartbeat: then ask for the run).
                 carried = carried_run(cast(str, woken[1])) if woken else []  # decoded replies
                 if self._stopping:
                     if carried:  # not run: back to the front of the worker's queue, unstarted
@@ -805,11 +805,17 @@ class WorkerService(QueueRuntime):
         self, slot: int, wid: str, run: list[RawJob], last: _Outcome
     ) -> Exception | None:
         """Follow this worker's binding from what ``advance`` gave it: no job (it was not
-        stopping) means the script released the tag; a job of another tag means a new binding.
+        stopping) means the script released the tag; a job of another tag, or of the same tag
+        after a full batch (the script bound the worker again at once), means a new binding; a
+        job of the same tag otherwise continues the binding (its batch count goes on).
         Returns the error of an ``on_tag_bound`` hook, which fails the run's first job."""
         job = run[0] if run else None
         binding = self._bindings.get(slot)
-        if binding is not None and (job is None or job.identify_tag != binding.tag):
+        if binding is not None and (
+            job is None
+            or job.identify_tag != binding.tag
+            or binding.jobs >= self.settings.max_batch_size
+        ):
             if job is None and self._stopping:
                 return None  # nothing was released: stop() hands back and releases
             if last.kind == "retry" and self.settings.retry_order.value == "strict":

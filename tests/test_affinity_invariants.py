@@ -143,9 +143,11 @@ async def enqueue(queue: QueueService, specs: list[Spec], rng: random.Random) ->
 
 
 def record_releases(monkeypatch: pytest.MonkeyPatch, events: list[Run | Release]) -> None:
-    """Note when a worker's ``advance`` comes back empty-handed: its queue is empty, so it holds
-    no tag (it released one, or had none). The runs between two such notes are one binding."""
-    advance = WorkerService._advance
+    """Note when a worker's ``advance`` comes back empty-handed (its queue is empty, so it holds
+    no tag: it released one, or had none), and when the worker sees a new binding begin in what
+    ``advance`` gave it (the script bound it again at once: another tag, or the same tag after
+    a full batch). The runs between two such notes are one binding."""
+    advance, release = WorkerService._advance, WorkerService._release
 
     async def noting(self: WorkerService, slot: int, wid: str, *args: Any) -> Any:
         run = await advance(self, slot, wid, *args)
@@ -153,7 +155,12 @@ def record_releases(monkeypatch: pytest.MonkeyPatch, events: list[Run | Release]
             events.append(Release(wid))
         return run
 
+    async def released(self: WorkerService, slot: int, wid: str, reason: str) -> None:
+        events.append(Release(wid))
+        await release(self, slot, wid, reason)
+
     monkeypatch.setattr(WorkerService, "_advance", noting)
+    monkeypatch.setattr(WorkerService, "_release", released)
 
 
 async def run_workload(

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from affinity_queue import AffinityQueue, InvalidTaskError, QueueSettings
 from affinity_queue.keys import tag_id
-from affinity_queue.lua import AddOptions, RawJob
+from affinity_queue.lua import AddOptions, RawJob, new_token
 
 from .engine import Engine
 from .support import wait_for
@@ -29,20 +29,23 @@ async def run_batches(
     engine: Engine, batches: int, workers: tuple[str, ...] = WORKERS
 ) -> list[str]:
     """Dispatch, then let every worker run its whole queue (one batch), until ``batches`` batches
-    ran; the tag of each batch, in the order they finished."""
+    ran; the tag of each batch, in the order they finished. The batches run with the queue
+    paused, so that a worker's advance places nothing when it frees and each round's placing is
+    one dispatch: the shares pinned here are dispatch's, round by round."""
     ran: list[str] = []
     while len(ran) < batches:
         assert await engine.dispatch() > 0, "nothing placed while every tag had work"
-        for w in workers:
-            job: RawJob | None = await engine.take(w)
-            if job is None:
-                continue
-            tags = set()
-            while job is not None:
-                tags.add(job.identify_tag)
-                job = await engine.take(w, job)
-            (tag,) = tags
-            ran.append(tag)
+        async with engine.backlog():
+            for w in workers:
+                job: RawJob | None = await engine.take(w)
+                if job is None:
+                    continue
+                tags = set()
+                while job is not None:
+                    tags.add(job.identify_tag)
+                    job = await engine.take(w, job)
+                (tag,) = tags
+                ran.append(tag)
     return ran[:batches]
 
 
@@ -108,9 +111,10 @@ async def test_free_workers_go_round_the_waiting_tags(engine: Engine) -> None:
     assert await engine.dispatch() == 20
     firsts = [await engine.take(w) for w in workers]
     assert sorted(j.identify_tag for j in firsts if j) == ["A", "B", "C", "D"]
-    for w, job in zip(workers, firsts, strict=True):
-        while job is not None:
-            job = await engine.take(w, job)
+    async with engine.backlog():  # each worker runs its batch out; dispatch places the next
+        for w, job in zip(workers, firsts, strict=True):
+            while job is not None:
+                job = await engine.take(w, job)
     assert await engine.dispatch() == 20
     started = [await engine.take(w) for w in workers]
     assert [j.identify_tag for j in started if j] == ["A"] * 4
@@ -164,6 +168,7 @@ async def test_weights_changed_by_a_new_leader_mid_batch_apply_from_the_next_tur
                 ids[tag] += await engine.add(tag, 100)
     await run_batches(engine, 150)
     assert await engine.dispatch() > 0
+    await engine.scripts.pause(new_token(), True)  # the batches run out; dispatch places next
     job = await engine.take("w1")
     assert job is not None
     middle = [job]
@@ -183,6 +188,7 @@ async def test_weights_changed_by_a_new_leader_mid_batch_apply_from_the_next_tur
     job = await engine.take("w2")  # w2's batch, placed before the change
     while job is not None:
         job = await engine.take("w2", job)
+    await engine.scripts.pause(new_token(), False)
     after = Counter(await run_batches(engine, 300))
     for tag, weight in new_weights.items():
         expected = 300 * weight / 6
@@ -236,11 +242,13 @@ async def test_two_weighted_turns_computed_alike_stay_apart_in_release_order(
     # Y then X give their tags up (first turns 20.5 and 21.5: a line of one, then of two), then
     # X at order 23 and Y at 24: both compute 22.25 (21.5 + 1.5 / 2 and 20.5 + 3.5 / 2).
     assert await engine.dispatch() == 2
-    await release("Y")
-    await release("X")
+    async with engine.backlog():  # the releases alone: dispatch places after each pair
+        await release("Y")
+        await release("X")
     assert await engine.dispatch() == 2
-    await release("X")
-    await release("Y")
+    async with engine.backlog():
+        await release("X")
+        await release("Y")
     turns = await engine.redis.hgetall(engine.keys.queue_prefix + "turns")
     x, y = float(turns[tag_id("X")]), float(turns[tag_id("Y")])
     assert x == 22.25 and x < y < int(x) + 1, (x, y)

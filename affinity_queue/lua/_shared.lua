@@ -38,6 +38,7 @@ local ERR_LAYOUT = -6
 local ERR_NEED_LIMITS = -7
 local REQUEST_TTL_MS = 120000  -- how long a request token's reply is kept for a retry
 local TRIM_SLICE = 20  -- most retention entries one finished job removes (per rule: age, count)
+local PLACE_BUDGET = 100  -- most jobs add or advance place at once (the scheduler's budget)
 local TAG_DONE_KEEP = 20  -- finished job ids kept per tag for its page (K_TAG_DONE)
 local NAMED_IDS = 10  -- job ids a recovery names in its reply (for its log line)
 
@@ -90,6 +91,10 @@ end
 
 local function hex(s)
   return (string.gsub(s, '.', function(c) return string.format('%02x', string.byte(c)) end))
+end
+
+local function unhex(h)
+  return (string.gsub(h, '%x%x', function(c) return string.char(tonumber(c, 16)) end))
 end
 
 -- The dead-letter indexes (K_FAILED_BY) a job with these record fields belongs to.
@@ -245,7 +250,8 @@ end
 
 -- Unbind a running worker from its tag and make it idle (its queue is empty). It remembers the
 -- tag and its batch: a new binding to the same tag continues that count (see dispatch). The tag
--- takes its next turn now, unless dispatch charged it when it bound the worker.
+-- takes its next turn now, unless dispatch charged it when it bound the worker. The caller
+-- places or wakes the scheduler.
 local function release(w, cfg, now)
   local state = K_WS .. w
   local s = rcall('HMGET', state, 'status', 'tid', 'batch', 'rank', 'retiring', 'charged')
@@ -258,7 +264,6 @@ local function release(w, cfg, now)
     'streak', s[3])
   if s[5] ~= '1' then rcall('ZADD', K_IDLE, now, w) end
   refresh_tag(s[2], cfg)
-  wake_scheduler_if_work()
 end
 
 -- Record the end of jobs: each one's status and outcome, the retention index it joins (trimmed
@@ -556,9 +561,25 @@ local function hand_back(w, cfg, budget, unstarted)
   return n, gone, named
 end
 
+-- Whether a script other than dispatch may place now what dispatch would (place): the queue is
+-- not paused, a leader's term has written its settings (the batch size), the caller's worker
+-- keys are the queue's (a producer started with other prefixes must not bind workers under
+-- keys nobody reads), and no delayed job or held tag is due (dispatch lets those in first;
+-- placing before them could start a tag's later task before an earlier one).
+local function placeable(now)
+  local c = rcall('HMGET', K_CONFIG, 'paused', 'max_batch', 'wq_prefix', 'ws_prefix')
+  if c[1] == '1' or not c[2] or c[3] ~= K_WQ or c[4] ~= K_WS then return false end
+  for _, set in ipairs({ K_DELAYED, K_HELD }) do
+    local first = rcall('ZRANGE', set, 0, 0, 'WITHSCORES')
+    if first[2] and tonumber(first[2]) <= now then return false end
+  end
+  return true
+end
+
 -- Place ready jobs on workers, oldest ready tag first, up to `budget` jobs: the decision
--- dispatch makes, also taken by add when nothing else is due first (see add). Returns
--- placed, more (1 when the budget ran out with work left).
+-- dispatch makes (the rules are in its header), also taken by add and advance (place_now).
+-- Returns placed, more (1 when the budget ran out with work left), and whether a rate limit
+-- held a tag.
 local function place(budget, cfg, now)
   -- The longest-idle worker whose lease is still valid, and its score, or nil. Expired ones leave
   -- the idle set (the reaper hands them back).
@@ -639,12 +660,14 @@ local function place(budget, cfg, now)
   -- Take `n` tokens of `tid`'s bucket; when less than one is left and the tag has work, hold the
   -- tag (K_HELD, as a strict retry does) until the next token is due: it leaves the ready sets,
   -- other tags go on, and the scheduler's wait ends then (next due).
+  local held = false  -- whether a rate limit held a tag
   local function spend(tid, n, tokens, size, per_ms)
     tokens = tokens - n
     rcall('SET', K_BUCKET .. tid, string.format('%.17g', tokens) .. ':' .. int(now),
       'PX', math.ceil((size - tokens) / per_ms) + 1)
     if tokens < 1 - 1e-9 and rcall('EXISTS', K_TAG .. tid) == 1 then
       rcall('ZADD', K_HELD, 'GT', now + math.ceil((1 - tokens) / per_ms), tid)
+      held = true
     end
   end
 
@@ -688,7 +711,8 @@ local function place(budget, cfg, now)
       if room ~= math.huge then spend(tid, #ids, tokens, size, per_ms) end
       if #ids > 0 then
         if bind then
-          local tag = rcall('HGET', K_JOB .. ids[1], 'tag')
+          -- (A head whose record is gone, which start_run drops, still names its tag.)
+          local tag = rcall('HGET', K_JOB .. ids[1], 'tag') or unhex(tid)
           -- Its rank now: where the tag's turn starts from when this worker gives it up.
           local rank = rcall('ZSCORE', K_READY_NEW, tid) or ''
           -- A tag that may take another worker is charged its turn now instead of at release:
@@ -739,7 +763,18 @@ local function place(budget, cfg, now)
     refresh_tag(tid, cfg)
     if tid ~= asked then refresh_tag(asked, cfg) end
   end
-  return placed, more
+  return placed, more, held
+end
+
+-- What the next dispatch would place, placed by another script (add, advance) while nothing
+-- else is due first (placeable), at most PLACE_BUDGET jobs. The scheduler is woken for what is
+-- left, and when a rate limit held a tag (its wait must end when the tag's next token is due).
+local function place_now(cfg, now)
+  local held = false
+  if (rcall('ZCARD', K_IDLE) > 0 or rcall('ZCARD', K_READY_BOUND) > 0) and placeable(now) then
+    held = select(3, place(PLACE_BUDGET, cfg, now))
+  end
+  if held then wake_scheduler() else wake_scheduler_if_work() end
 end
 
 local function is_leader(fence)

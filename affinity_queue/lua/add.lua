@@ -6,10 +6,11 @@
   or a tag that looks empty while it holds work. The deduplication check and the per-tag limit
   are part of the same step, so two producers cannot both pass them.
 
-  A task due now whose tag can be placed at once (an idle worker, or a worker bound to the tag
-  with room) is placed here as the scheduler's next dispatch would place it (place, the same
-  rules): it starts one wake-up and one script call sooner, and with no scheduler running. The
-  scheduler is woken only for what is left.
+  An add that makes a tag ready (its list was empty) places what the scheduler's next dispatch
+  would place (place_now: the oldest ready tags first, which may be older tags than its own,
+  at most 100 jobs, when nothing else is due first): a task for an idle worker starts one hop
+  after the add, with no scheduler wake-up and no dispatch call between. The scheduler is woken
+  for what is left.
 
   Safe to repeat: the reply is kept under the call's request token, and a repeated call with the
   token returns it without writing (a retry after a lost reply adds nothing twice).
@@ -34,19 +35,6 @@
            {id of the existing job, time, 1, 0} when the deduplication key is still taken;
            {ERR_TAG_FULL (-5), tag id} when a tag would exceed its limit (nothing written).
 ]]
--- Whether add may place now what dispatch would: the queue is not paused, a leader's term has
--- written its settings (the batch size), and no delayed job or held tag is due (dispatch lets
--- those in first; placing before them could start a tag's later task before an earlier one).
-local function placeable(now)
-  local c = rcall('HMGET', K_CONFIG, 'paused', 'max_batch')
-  if c[1] == '1' or not c[2] then return false end
-  for _, set in ipairs({ K_DELAYED, K_HELD }) do
-    local first = rcall('ZRANGE', set, 0, 0, 'WITHSCORES')
-    if first[2] and tonumber(first[2]) <= now then return false end
-  end
-  return true
-end
-
 local token = ARGV[1]
 local earlier = replay(token)
 if earlier then return earlier end
@@ -103,17 +91,15 @@ end
 for tid, k in pairs(added) do backlog(tid, k) end
 if dedupe ~= '' then rcall('SET', K_DEDUPE .. dedupe, int(first) .. '-' .. token, 'PX', ARGV[9]) end
 count(status, n)
--- Only a tag whose list was empty changes readiness: elsewhere the head is unchanged (and the
--- scheduling settings, read for that alone, are not needed).
-if next(fresh) then
-  local cfg = load_config()
-  for tid in pairs(fresh) do refresh_tag(tid, cfg) end
-  if (rcall('ZCARD', K_IDLE) > 0 or rcall('ZCARD', K_READY_BOUND) > 0) and placeable(now) then
-    place(n, cfg, now)
-  end
-end
 if delayed then
   wake_scheduler()  -- to re-plan its sleep
+elseif next(fresh) then
+  -- Only a tag whose list was empty changes readiness: elsewhere the head is unchanged (and
+  -- the scheduling settings, read for that alone, are not needed), and nothing new is placeable.
+  local cfg = load_config()
+  for tid in pairs(fresh) do refresh_tag(tid, cfg) end
+  place_now(cfg, now)
+  due = 0
 else
   wake_scheduler_if_work()
   due = 0

@@ -14,8 +14,10 @@
 
   The tag is released when the worker's queue is drained (with a full batch the scheduler stops
   filling the queue, so "batch full and all done" is the same event). The worker then goes idle
-  and leaves `take` and its batch types in its state: dispatch, when it binds the worker next,
-  starts that run itself and sends it with the wake-up.
+  and leaves `take` and its batch types in its state: whoever binds the worker next starts that
+  run itself. That is this call first: it places what the next dispatch would (place_now), and
+  when that binds this worker again (its tag's next batch, the next ready tag) the run is the
+  reply; a run for another worker goes with that worker's wake-up.
 
   A job whose cancellation was requested and that did not complete ends as cancelled (never
   retried, never a dead letter). A queued id whose record is gone (deleted by hand, evicted) is
@@ -75,6 +77,31 @@ local function idle()
   if take > 0 then
     rcall('HSET', state, 'take', take, 'batches', m > 0 and cjson.encode(batch_max) or '')
   end
+end
+
+-- The rows of run `ids` (space-separated), as this script returns a run.
+local function rows_of(ids)
+  local out = {}
+  for id in string.gmatch(ids, '%S+') do
+    local f = rcall('HMGET', K_JOB .. id, unpack(RUN_FIELDS))
+    run_row(out, id, f, f[10])
+  end
+  return out
+end
+
+-- The worker is free: it goes idle and gives its tag up, then what the next dispatch would
+-- place is placed here (place), waking the scheduler only for what is left. This worker may be
+-- bound again at once (its tag's next batch, or the next tag): that run is the reply, rows as
+-- returned, without a wake-up; else 0.
+local function free(cfg, tids)
+  idle()
+  release(w, cfg, now)
+  for t in pairs(tids) do refresh_tag(t, cfg) end
+  place_now(cfg, now)
+  local given = rcall('HGET', state, 'active')
+  if take < 1 or not given or given == '' then return 0 end
+  rcall('DEL', K_WAKEW .. w)
+  return rows_of(given)
 end
 local current = s[1]  -- the worker's active run, '' or nil when none
 -- The changes to the counts hash, written once at the end: a run that ends and the next that
@@ -175,11 +202,7 @@ if first <= #ARGV and (ran or take < 1) then
     local tid = rcall('HGET', K_JOB .. held, 'tid')
     -- GT: with concurrency > 1, a shorter retry must not shorten a longer one's hold.
     if tid then rcall('ZADD', K_HELD, 'GT', now + tonumber(ARGV[3]), tid) end
-    local cfg = load_config()
-    idle()
-    release(w, cfg, now)
-    for t in pairs(tids) do refresh_tag(t, cfg) end
-    return 0
+    return free(load_config(), tids)
   end
 end
 if take < 1 then
@@ -190,22 +213,13 @@ end
 -- worker only asks for a run when it has none), or a run that dispatch started and whose wake-up
 -- the worker has not read (dropped above): deliver it again rather than strand it.
 if current and current ~= '' then
-  local out = {}
-  for id in string.gmatch(current, '%S+') do
-    local f = rcall('HMGET', K_JOB .. id, unpack(RUN_FIELDS))
-    run_row(out, id, f, f[10])
-  end
   counted()
-  return out
+  return rows_of(current)
 end
 local out, run, dropped = start_run(w, s[3], take, batch_max, now)
 local started = #run
 assigned_delta = assigned_delta - started - dropped
 active_delta = active_delta + started
 counted()
-if started == 0 then
-  idle()
-  release(w, load_config(), now)  -- the scheduling settings matter only here
-  return 0
-end
+if started == 0 then return free(load_config(), {}) end  -- the settings matter only here
 return out

@@ -407,6 +407,7 @@ class Harness:
         w = self.pick_worker()
         if w is None:
             return
+        before = self.state or await self.read()
         run = list(w.run)
         ran = self.rng.randint(1, len(run)) if run and self.rng.random() < 0.9 else len(run)
         if run and self.rng.random() < 0.1:
@@ -455,7 +456,12 @@ class Harness:
         most = sizes.get("t", take)
         if len(started) > max(most, 1, 0 if ran else len(run)):
             self.fail(f"advance started {len(started)} jobs, asked for {take} (batch {sizes})")
-        self.started(w, started)
+        # A worker that freed may have been bound again in the call (its next run is the
+        # reply), and other idle workers too (their wake-ups): the bindings by dispatch's rules
+        # (checked on the streaks before these runs), the runs in the order the call started
+        # them.
+        self.check_bindings(before, await self.read(), await redis_ms(self.redis))
+        await self.deliver_wake_ups((w, started))
 
     def started(self, w: MWorker, run: list[RawJob]) -> None:
         for taken in run:
@@ -464,13 +470,14 @@ class Harness:
             if mj is not None and taken.attempts != mj.attempts:
                 self.fail(f"{mj.id} started as attempt {taken.attempts}, its {mj.attempts}th")
 
-    async def deliver_wake_ups(self) -> None:
-        """Each worker reads its wake-ups after each step, as its idle wait does: dispatch
-        started the run of a worker it bound, and the wake-up carries it. One in five is lost in
-        transit: the worker's idle check then finds the run active, and advance delivers it
-        again. Runs are recorded in the order dispatch started them (by their first job's order
-        number: a tag's jobs leave its list oldest first), whichever worker reads first."""
-        runs: list[tuple[MWorker, list[RawJob]]] = []
+    async def deliver_wake_ups(self, taken: tuple[MWorker, list[RawJob]] | None = None) -> None:
+        """Each worker reads its wake-ups after each step, as its idle wait does: a script that
+        bound an idle worker (dispatch, add, advance) started its run, and the wake-up carries
+        it. One in five is lost in transit: the worker's idle check then finds the run active,
+        and advance delivers it again. Runs are recorded in the order they were started (by
+        their first job's order number: a tag's jobs leave its list oldest first), whichever
+        worker reads first; ``taken`` is a run an advance of this step returned."""
+        runs: list[tuple[MWorker, list[RawJob]]] = [taken] if taken and taken[1] else []
         for w in list(self.model.workers.values()):
             key = self.settings.keys.worker_wake(w.id)
             while (wake_up := await self.redis.lpop(key)) is not None:
