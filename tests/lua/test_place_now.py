@@ -11,7 +11,7 @@ from pathlib import Path
 
 from affinity_queue import QueueSettings
 from affinity_queue.keys import tag_id
-from affinity_queue.lua import Scripts, carried_run, new_token
+from affinity_queue.lua import RawJob, Scripts, carried_run, new_token
 from affinity_queue.scheduler import DISPATCH_BUDGET
 
 from ..engine import Engine
@@ -24,6 +24,19 @@ async def idle_worker(engine: Engine, name: str = "W") -> None:
     assert name in await engine.idle()
 
 
+async def carried(engine: Engine, worker: str = "W") -> list[RawJob]:
+    """The run the worker's one wake-up carries (asserting there is exactly one)."""
+    (wake_up,) = await engine.redis.lrange(engine.keys.worker_wake(worker), 0, -1)
+    return carried_run(wake_up)
+
+
+async def retry_the_carried_run(engine: Engine, order: str) -> list[RawJob]:
+    """W reports its carried run's one job as a retry due at once; returns what advance gave."""
+    [run] = await carried(engine)
+    report = [(run.id, "retry", '{"r": 1}', "", "", run.attempts)]
+    return await engine.scripts.advance_run("W", report, 20, retry_delay_ms=0, retry_order=order)
+
+
 async def scheduler_woken(engine: Engine) -> bool:
     return bool(await engine.redis.llen(engine.keys.wake))
 
@@ -32,8 +45,7 @@ async def test_an_add_starts_the_run_of_an_idle_worker_without_dispatch(engine: 
     await engine.elect(max_batch=10)
     await idle_worker(engine)
     ids = await engine.add("A", 3)
-    (wake_up,) = await engine.redis.lrange(engine.keys.worker_wake("W"), 0, -1)
-    assert [job.id for job in carried_run(wake_up)] == ids
+    assert [job.id for job in await carried(engine)] == ids
     assert {(await engine.job(i))["status"] for i in ids} == {"active"}
     assert not await scheduler_woken(engine)  # nothing was left for it
     assert await engine.dispatch() == 0
@@ -77,17 +89,13 @@ async def test_a_due_retry_keeps_its_place_in_front_of_its_tag(engine: Engine) -
     await engine.elect(max_batch=10)
     await idle_worker(engine)
     (retried,) = await engine.add("A", 1)
-    (wake_up,) = await engine.redis.lrange(engine.keys.worker_wake("W"), 0, -1)
-    [run] = carried_run(wake_up)
-    report = [(run.id, "retry", '{"r": 1}', "", "", run.attempts)]
-    await engine.scripts.advance_run("W", report, 20, retry_delay_ms=0, retry_order="relaxed")
+    await retry_the_carried_run(engine, "relaxed")
     await engine.redis.delete(engine.keys.wake, engine.keys.worker_wake("W"))
     later = await engine.add("A", 1)
     assert (await engine.job(later[0]))["status"] == "pending"
     assert await scheduler_woken(engine)
     await engine.dispatch()
-    (wake_up,) = await engine.redis.lrange(engine.keys.worker_wake("W"), 0, -1)
-    assert [job.id for job in carried_run(wake_up)] == [retried, *later]
+    assert [job.id for job in await carried(engine)] == [retried, *later]
 
 
 async def test_no_leader_settings_no_placing(engine: Engine) -> None:
@@ -105,8 +113,7 @@ async def test_an_add_of_one_task_gives_an_older_tag_its_whole_batch(engine: Eng
     async with engine.backlog():
         older = await engine.add("A", 20)
     await engine.add("B", 1)
-    (wake_up,) = await engine.redis.lrange(engine.keys.worker_wake("W"), 0, -1)
-    run = [job.id for job in carried_run(wake_up)]
+    run = [job.id for job in await carried(engine)]
     assert run + await engine.queued("W") == older[:10]
 
 
@@ -153,8 +160,7 @@ async def test_a_head_whose_record_is_gone_does_not_fail_the_add(engine: Engine)
     await engine.redis.delete(engine.keys.job(gone))
     (b,) = await engine.add("B", 1)
     assert (await engine.job(b))["status"] == "pending"
-    (wake_up,) = await engine.redis.lrange(engine.keys.worker_wake("W"), 0, -1)
-    assert [job.id for job in carried_run(wake_up)] == [kept]
+    assert [job.id for job in await carried(engine)] == [kept]
     assert (await engine.worker_state("W"))["tag"] == "A"
 
 
@@ -164,18 +170,11 @@ async def test_a_due_held_tag_goes_first(engine: Engine) -> None:
     await engine.elect(max_batch=10)
     await idle_worker(engine)
     (h,) = await engine.add("H", 1)
-    (wake_up,) = await engine.redis.lrange(engine.keys.worker_wake("W"), 0, -1)
-    [run] = carried_run(wake_up)
-    report = [(run.id, "retry", '{"r": 1}', "", "", run.attempts)]
-    assert (
-        await engine.scripts.advance_run("W", report, 20, retry_delay_ms=0, retry_order="strict")
-        == []
-    )  # held, due at once: W freed, nothing placed
+    assert await retry_the_carried_run(engine, "strict") == []  # held, due: nothing placed
     (b,) = await engine.add("B", 1)
     assert (await engine.job(b))["status"] == "pending"
     await engine.dispatch()
-    (wake_up,) = await engine.redis.lrange(engine.keys.worker_wake("W"), 0, -1)
-    assert [job.id for job in carried_run(wake_up)] == [h]
+    assert [job.id for job in await carried(engine)] == [h]
 
 
 async def test_a_worker_that_frees_is_given_its_tags_next_batch_in_the_reply(
@@ -205,13 +204,11 @@ async def test_a_freed_tag_goes_to_the_worker_idle_longest(engine: Engine) -> No
     await idle_worker(engine, "W1")
     await engine.add("A", 4)
     await idle_worker(engine, "W2")
-    [w1_wake] = await engine.redis.lrange(engine.keys.worker_wake("W1"), 0, -1)
-    run = carried_run(w1_wake)
+    run = await carried(engine, "W1")
     assert len(run) == 2
     done = [(job.id, "completed", "1", "", "", job.attempts) for job in run]
     assert await engine.scripts.advance_run("W1", done, 20) == []
-    (w2_wake,) = await engine.redis.lrange(engine.keys.worker_wake("W2"), 0, -1)
-    assert len(carried_run(w2_wake)) == 2
+    assert len(await carried(engine, "W2")) == 2
 
 
 async def test_a_stopping_worker_is_not_handed_a_run(engine: Engine) -> None:
@@ -219,8 +216,7 @@ async def test_a_stopping_worker_is_not_handed_a_run(engine: Engine) -> None:
     await engine.elect(max_batch=1)
     await idle_worker(engine)
     await engine.add("A", 2)
-    [w_wake] = await engine.redis.lrange(engine.keys.worker_wake("W"), 0, -1)
-    [run] = carried_run(w_wake)
+    [run] = await carried(engine)
     await engine.scripts.retire("W", 1000)
     assert await engine.scripts.advance_run("W", [(run.id, "completed", "1")], 0) == []
     assert (await engine.worker_state("W")).get("active", "") == ""
