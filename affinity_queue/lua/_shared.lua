@@ -67,9 +67,11 @@ local function id_of_delayed(member)
 end
 
 local function load_config()
-  local c = rcall('HMGET', K_CONFIG, 'max_batch', 'concurrency', 'weight', 'rated')
+  local c = rcall('HMGET', K_CONFIG, 'max_batch', 'concurrency', 'weight', 'rated', 'paused',
+    'wq_prefix', 'ws_prefix')
   return { max_batch = tonumber(c[1]) or 10, limit = tonumber(c[2]) or 1,
-    weight = tonumber(c[3]) or 1, rated = c[4] == '1' }
+    weight = tonumber(c[3]) or 1, rated = c[4] == '1', written = c[1] ~= false,
+    paused = c[5] == '1', wq_prefix = c[6], ws_prefix = c[7] }
 end
 
 local function count(field, delta)
@@ -566,9 +568,10 @@ end
 -- keys are the queue's (a producer started with other prefixes must not bind workers under
 -- keys nobody reads), and no delayed job or held tag is due (dispatch lets those in first;
 -- placing before them could start a tag's later task before an earlier one).
-local function placeable(now)
-  local c = rcall('HMGET', K_CONFIG, 'paused', 'max_batch', 'wq_prefix', 'ws_prefix')
-  if c[1] == '1' or not c[2] or c[3] ~= K_WQ or c[4] ~= K_WS then return false end
+local function placeable(cfg, now)
+  if cfg.paused or not cfg.written or cfg.wq_prefix ~= K_WQ or cfg.ws_prefix ~= K_WS then
+    return false
+  end
   for _, set in ipairs({ K_DELAYED, K_HELD }) do
     local first = rcall('ZRANGE', set, 0, 0, 'WITHSCORES')
     if first[2] and tonumber(first[2]) <= now then return false end
@@ -578,9 +581,10 @@ end
 
 -- Place ready jobs on workers, oldest ready tag first, up to `budget` jobs: the decision
 -- dispatch makes (the rules are in its header), also taken by add and advance (place_now).
--- Returns placed, more (1 when the budget ran out with work left), and whether a rate limit
--- held a tag.
-local function place(budget, cfg, now)
+-- Returns placed, more (1 when the budget ran out with work left), whether a rate limit held a
+-- tag, and the rows of the run started for worker `own` when it was bound (the caller's own
+-- worker: its run is the caller's reply instead of a wake-up), else nil.
+local function place(budget, cfg, now, own)
   -- The longest-idle worker whose lease is still valid, and its score, or nil. Expired ones leave
   -- the idle set (the reaper hands them back).
   local function pop_live_idle()
@@ -673,6 +677,7 @@ local function place(budget, cfg, now)
 
   local placed = 0
   local more = 0
+  local own_rows = nil
   -- Each round places a job or takes a tag out of the ready sets (refresh_tag), so rounds are
   -- bounded by budget + stale tags; the cap guards Redis against a rule that ever breaks that.
   local rounds = 0
@@ -745,10 +750,14 @@ local function place(budget, cfg, now)
             local rows, run, dropped = start_run(w, tid, tonumber(t[1]), batches, now)
             assigned = assigned - #run - dropped
             count('active', #run)
-            if #run > 0 then wake = cjson.encode(rows) end
+            if #run > 0 and w == own then
+              own_rows, wake = rows, nil
+            elseif #run > 0 then
+              wake = cjson.encode(rows)
+            end
             for _, id in ipairs(run) do started[id] = true end
           end
-          rcall('RPUSH', K_WAKEW .. w, wake)
+          if wake then rcall('RPUSH', K_WAKEW .. w, wake) end
         end
         -- The rest wait in the worker's queue (start_run marked the run's jobs active).
         for _, id in ipairs(ids) do
@@ -763,18 +772,21 @@ local function place(budget, cfg, now)
     refresh_tag(tid, cfg)
     if tid ~= asked then refresh_tag(asked, cfg) end
   end
-  return placed, more, held
+  return placed, more, held, own_rows
 end
 
 -- What the next dispatch would place, placed by another script (add, advance) while nothing
 -- else is due first (placeable), at most PLACE_BUDGET jobs. The scheduler is woken for what is
 -- left, and when a rate limit held a tag (its wait must end when the tag's next token is due).
-local function place_now(cfg, now)
-  local held = false
-  if (rcall('ZCARD', K_IDLE) > 0 or rcall('ZCARD', K_READY_BOUND) > 0) and placeable(now) then
-    held = select(3, place(PLACE_BUDGET, cfg, now))
+-- Returns the rows of the run started for worker `own` (optional) when it was bound, else nil.
+local function place_now(cfg, now, own)
+  local held, rows = false, nil
+  if (rcall('ZCARD', K_IDLE) > 0 or rcall('ZCARD', K_READY_BOUND) > 0) and placeable(cfg, now) then
+    local _, _, h, r = place(PLACE_BUDGET, cfg, now, own)
+    held, rows = h, r
   end
   if held then wake_scheduler() else wake_scheduler_if_work() end
+  return rows
 end
 
 local function is_leader(fence)

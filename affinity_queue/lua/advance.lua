@@ -97,11 +97,7 @@ local function free(cfg, tids)
   idle()
   release(w, cfg, now)
   for t in pairs(tids) do refresh_tag(t, cfg) end
-  place_now(cfg, now)
-  local given = rcall('HGET', state, 'active')
-  if take < 1 or not given or given == '' then return 0 end
-  rcall('DEL', K_WAKEW .. w)
-  return rows_of(given)
+  return place_now(cfg, now, take > 0 and w or nil) or 0
 end
 local current = s[1]  -- the worker's active run, '' or nil when none
 -- The changes to the counts hash, written once at the end: a run that ends and the next that

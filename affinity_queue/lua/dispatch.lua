@@ -79,7 +79,7 @@ local function next_due()
   return math.max(0, a - now)
 end
 
-if rcall('HGET', K_CONFIG, 'paused') == '1' then return { 0, 0, next_due() } end
+if cfg.paused then return { 0, 0, next_due() } end
 
 local placed, more = place(budget, cfg, now)
 return { placed, more, next_due() }
