@@ -241,13 +241,16 @@ local function wake_scheduler()
   if rcall('LLEN', K_WAKE) == 0 then rcall('RPUSH', K_WAKE, '1') end
 end
 
+-- Whether placing has work: a tag ready for a new worker while one is idle, or a tag ready for
+-- a bound worker with room. The idle set first: with no idle worker (a busy fleet, producers
+-- alone) no new tag can be placed, and the ready-new count is not read.
+local function placement_work()
+  return (rcall('ZCARD', K_IDLE) > 0 and rcall('ZCARD', K_READY_NEW) > 0)
+    or rcall('ZCARD', K_READY_BOUND) > 0
+end
+
 local function wake_scheduler_if_work()
-  -- The idle set first: with no idle worker (a busy fleet, producers alone) no new tag can be
-  -- placed, and one count less is read on every add.
-  if rcall('ZCARD', K_READY_BOUND) > 0
-      or (rcall('ZCARD', K_IDLE) > 0 and rcall('ZCARD', K_READY_NEW) > 0) then
-    wake_scheduler()
-  end
+  if placement_work() then wake_scheduler() end
 end
 
 -- Unbind a running worker from its tag and make it idle (its queue is empty). It remembers the
@@ -780,9 +783,12 @@ end
 -- left, and when a rate limit held a tag (its wait must end when the tag's next token is due).
 -- Returns the rows of the run started for worker `own` (optional) when it was bound, else nil.
 local function place_now(cfg, now, own)
+  if not placement_work() then return nil end  -- nothing to place, nor to wake the scheduler for
   local held, rows = false, nil
-  if (rcall('ZCARD', K_IDLE) > 0 or rcall('ZCARD', K_READY_BOUND) > 0) and placeable(cfg, now) then
-    local _, _, h, r = place(PLACE_BUDGET, cfg, now, own)
+  if placeable(cfg, now) then
+    local _, more, h, r = place(PLACE_BUDGET, cfg, now, own)
+    -- Within its budget, place stops only once nothing is left to place (placement_work).
+    if more == 0 and not h then return r end
     held, rows = h, r
   end
   if held then wake_scheduler() else wake_scheduler_if_work() end
