@@ -732,13 +732,15 @@ local function place(budget, cfg, now, own)
           if charged then
             rcall('HSET', K_TURNS, tid, next_turn(tid, rcall('INCR', K_SEQ), tonumber(rank), cfg))
           end
-          rcall('HSET', K_WS .. w, 'status', 'running', 'tid', tid, 'tag', tag, 'batch', batch,
-            'rank', rank, 'charged', charged and '1' or '0')
-          rcall('ZADD', K_BOUND .. tid, batch, w)
+          -- The batch taken so far, these jobs included (the worker's count and its score).
+          rcall('HSET', K_WS .. w, 'status', 'running', 'tid', tid, 'tag', tag,
+            'batch', batch + #ids, 'rank', rank, 'charged', charged and '1' or '0')
+          rcall('ZADD', K_BOUND .. tid, batch + #ids, w)
+        else
+          rcall('ZINCRBY', K_BOUND .. tid, #ids, w)
+          rcall('HINCRBY', K_WS .. w, 'batch', #ids)
         end
         rcall('RPUSH', K_WQ .. w, unpack(ids))
-        rcall('ZINCRBY', K_BOUND .. tid, #ids, w)
-        rcall('HINCRBY', K_WS .. w, 'batch', #ids)
         rcall('HINCRBY', K_COUNTS, 'pending', -#ids)
         local assigned = #ids
         local started = {}  -- ids of the run started here for the worker just bound
