@@ -51,7 +51,7 @@ LOCALS, FUNCTIONS, CAPTURED = 60, 40, 8
 
 def _add_args(i: int) -> list[Any]:
     """One task (add.lua's ARGV) for one of 1,000 tags, under a new request token."""
-    tag = i % 1000
+    tag = f"t{i % 1000}"
     return [
         secrets.token_hex(8),
         1,
@@ -65,8 +65,8 @@ def _add_args(i: int) -> list[Any]:
         0,
         "",
         "noop",
-        f"t{tag}",
-        f"{tag:x}",
+        tag,
+        tag_id(tag),
         i,
     ]
 

@@ -51,6 +51,27 @@ async def test_an_add_starts_the_run_of_an_idle_worker_without_dispatch(engine: 
     assert await engine.dispatch() == 0
 
 
+async def test_an_add_past_the_budget_places_the_budget_and_wakes_the_scheduler(
+    engine: Engine,
+) -> None:
+    """The budget ran out with work left: the scheduler must place the rest. The worker bound
+    counts every job it took, in its state and in the tag's bound set (one write of each)."""
+    budget = DISPATCH_BUDGET
+    await engine.elect(max_batch=3 * budget)
+    await idle_worker(engine)
+    ids = await engine.add("A", budget + 50)
+    run = await carried(engine)
+    placed = [job.id for job in run] + await engine.queued("W")
+    assert placed == ids[:budget]
+    assert await scheduler_woken(engine)
+    assert (await engine.worker_state("W"))["batch"] == str(budget)
+    assert await engine.redis.zscore(engine.keys.bound(tag_id("A")), "W") == budget
+    assert await engine.dispatch() == 50  # rule a: the bound worker has room
+    assert await engine.queued("W") == ids[len(run) : budget + 50]
+    assert (await engine.worker_state("W"))["batch"] == str(budget + 50)
+    assert await engine.redis.zscore(engine.keys.bound(tag_id("A")), "W") == budget + 50
+
+
 async def test_an_add_to_a_tag_bound_with_room_queues_to_its_worker(engine: Engine) -> None:
     await engine.elect(max_batch=10)
     await idle_worker(engine)
